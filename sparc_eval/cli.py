@@ -145,6 +145,8 @@ def train_cmd(
     softmax_weights: bool = typer.Option(False, "--softmax-weights", help="SPARC ablation: alignment weights = softmax over patches of the raw similarities."),
     lambda_f: Optional[float] = typer.Option(None, "--lambda-f", help="SPARC fine-grained loss weight (default 1.0; the paper sweeps 0.5, 1, 5, 10)."),
     lambda_g: Optional[float] = typer.Option(None, "--lambda-g", help="SPARC global loss weight (default 0.5, as in the paper)."),
+    lambda_images: Optional[float] = typer.Option(None, "--lambda-images", help="Weight of an extra loss asking each token's grouped patches to come from its own image rather than 7 others (default 0: off, as in the paper; see docs/grounding.md)."),
+    fine_tokens: str = typer.Option("all", "--fine-tokens", help="Tokens in the fine-grained loss: all (the paper) or unique (only words that occur once in their caption; see docs/grounding.md)."),
     steps: int = typer.Option(1000, "--steps", help="Optimisation steps."),
     batch_size: int = typer.Option(64, "--batch-size", help="Global batch size (split evenly over torchrun processes)."),
     lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW)."),
@@ -168,11 +170,14 @@ def train_cmd(
 
     from sparc_eval.train.loop import LOG_FILE, TrainConfig, train
 
-    sparc_only = {"--no-sparsity": no_sparsity, "--softmax-weights": softmax_weights, "--lambda-f": lambda_f is not None, "--lambda-g": lambda_g is not None}
+    sparc_only = {"--no-sparsity": no_sparsity, "--softmax-weights": softmax_weights, "--lambda-f": lambda_f is not None,
+                  "--lambda-g": lambda_g is not None, "--lambda-images": lambda_images is not None, "--fine-tokens": fine_tokens != "all"}
     options: dict = {}
     if objective == "sparc":
         options = {"sparsity": not (no_sparsity or softmax_weights), "weights": "softmax" if softmax_weights else "sparse"}
-        options.update({k: v for k, v in (("lambda_f", lambda_f), ("lambda_g", lambda_g)) if v is not None})
+        if fine_tokens != "all":
+            options["fine_tokens"] = fine_tokens
+        options.update({k: v for k, v in (("lambda_f", lambda_f), ("lambda_g", lambda_g), ("lambda_images", lambda_images)) if v is not None})
     elif any(sparc_only.values()):
         raise SparcEvalError(f"{next(k for k, v in sparc_only.items() if v)} applies only to --objective sparc, not {objective!r}")
     cfg = TrainConfig(
@@ -316,6 +321,7 @@ def regress_cmd(
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired test."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Paired bootstrap resamples (metrics without 0/1 per-sample outcomes)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    exact: bool = typer.Option(False, "--exact", help="Both folders replicate one deterministic run (CI's quickstart --fast): any drop beyond the tolerance fails, no paired test."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Regression gate: fail when a metric drops beyond the tolerance AND significantly, or a baseline task is missing or changed.
@@ -328,7 +334,7 @@ def regress_cmd(
 
     from sparc_eval.results.regress import compare_results, render_report
 
-    report = compare_results(baseline, results, tolerance=tolerance, alpha=alpha, n_bootstrap=bootstrap, seed=seed)
+    report = compare_results(baseline, results, tolerance=tolerance, alpha=alpha, n_bootstrap=bootstrap, seed=seed, exact=exact)
     if json_out:
         print(json.dumps(report.to_json(), indent=2))
     else:

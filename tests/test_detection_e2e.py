@@ -44,7 +44,7 @@ def test_tiny_fit_beats_random_boxes_and_a_rerun_reuses_the_heads(tiny_ckpt, syn
     from sparc_eval.evaluate import run_evaluation
 
     results = tmp_path / "results"
-    # Batch 16 on the 96 training images: 60 optimisation steps with the card's 10 epochs.
+    # Batch 16 on the 96 training images: 30 optimisation steps with the card's 5 epochs.
     first = run_evaluation(str(tiny_ckpt), "synth-det", out=results, data_dir=synth_data_dir, batch_size=16)
     record = first.record
     val = json.loads((synth_root / SPLIT_FILE.format("val")).read_text())

@@ -109,7 +109,8 @@ def test_text_embedding_ignores_padding_positions(model):
 def test_forward_returns_what_the_objectives_need(model, images):
     tokens = model.tokenize(CAPTIONS)
     out = model(images, tokens)
-    assert set(out) == {"image_emb", "text_emb", "patch_emb", "token_emb", "token_mask", "logit_scale"}
+    assert set(out) == {"image_emb", "text_emb", "patch_emb", "token_emb", "token_mask", "tokens", "logit_scale"}
+    assert out["tokens"] is tokens  # ids, for SparcObjective(fine_tokens="unique")
     with torch.no_grad():
         torch.testing.assert_close(out["image_emb"], model.encode_image(images))
         torch.testing.assert_close(out["patch_emb"], model.encode_image_dense(images, head="local")[0])

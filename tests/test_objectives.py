@@ -16,6 +16,8 @@ from sparc_eval.models.objectives import (
     global_contrastive_loss,
     sparc_alignment_weights,
     sparc_fine_grained_loss,
+    image_negatives_loss,
+    unique_token_mask,
 )
 
 # ----------------------------------------------------------------------------- independent reference
@@ -257,5 +259,81 @@ def test_build_objective_errors():
         build_objective("filip")
     with pytest.raises(SparcEvalError, match="objective 'clip' has no option 'lambda_f'; its options: none"):
         build_objective("clip", lambda_f=1.0)
-    with pytest.raises(SparcEvalError, match="has no option 'lambda_x'; its options: lambda_f, lambda_g, sparsity, weights"):
+    with pytest.raises(SparcEvalError, match="has no option 'lambda_x'; its options: fine_tokens, lambda_f, lambda_g, lambda_images, sparsity, weights"):
         build_objective("sparc", lambda_f=2.0, lambda_x=1.0)
+    with pytest.raises(SparcEvalError, match="unknown fine_tokens 'nouns'"):
+        build_objective("sparc", fine_tokens="nouns")
+
+
+def test_unique_token_mask_by_hand():
+    # <sot> a red square a red <eot> pad pad: the repeated "a" and "red" go, "square" stays; padding never counts.
+    tokens = torch.tensor([[49406, 320, 736, 3217, 320, 736, 49407, 0, 0], [49406, 0, 5, 0, 49407, 0, 0, 0, 0]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    want = torch.tensor([[0, 0, 0, 1, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(unique_token_mask(tokens, mask), want)
+
+
+def test_unique_fine_tokens_is_the_fine_loss_on_unique_tokens_only():
+    out = _model_outputs()
+    out["tokens"] = torch.tensor([[0, 1, 2, 2, 3, 4], [0, 5, 6, 7, 5, 8], [0, 9, 9, 9, 9, 9]])
+    unique = unique_token_mask(out["tokens"], out["token_mask"])
+    assert (unique != out["token_mask"]).any()
+    objective = build_objective("sparc", fine_tokens="unique")
+    want = sparc_fine_grained_loss(out["token_emb"], unique, out["patch_emb"], out["logit_scale"])
+    assert objective(out)["fine"].item() == pytest.approx(want.item(), rel=1e-12)
+    assert objective(out)["fine"].item() != pytest.approx(build_objective("sparc")(out)["fine"].item())
+    assert objective.describe()["fine_tokens"] == "unique" and "fine_tokens" not in SparcObjective().describe()
+
+
+# ----------------------------------------------------------------------------- image-negatives remedy (not in the paper)
+
+
+def _ref_image_negatives(tokens, mask, patches, scale, n_negatives, sparsity=True, softmax=False) -> float:
+    """Per real token of sample b: softmax over images b, b+1, ..., b+K (mod B) of scale * cos(token, its grouped
+    embedding on that image); minus log-probability of its own image, averaged over real tokens."""
+    B = len(tokens)
+    K = min(n_negatives, B - 1)
+    total, count = 0.0, 0
+    for b in range(B):
+        for l in range(len(mask[b])):
+            if not mask[b][l]:
+                continue
+            t = tokens[b][l] / np.linalg.norm(tokens[b][l])
+            row = []
+            for k in range(K + 1):
+                image = patches[(b + k) % B]
+                w = _ref_weights(tokens[b][l], image, sparsity, softmax)
+                c = sum(w[p] * image[p] for p in range(len(image)))
+                row.append(scale * float(np.dot(t, c / np.linalg.norm(c))))
+            total += math.log(sum(math.exp(x) for x in row)) - row[0]
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("n_negatives,sparsity,weights", [(1, True, "sparse"), (2, True, "sparse"), (7, False, "softmax")])
+def test_image_negatives_matches_loop_reference(n_negatives, sparsity, weights):
+    tok, mask, patch = _random_batch(seed=11)
+    got = image_negatives_loss(tok, mask, patch, torch.tensor(3.0, dtype=torch.float64), n_negatives=n_negatives,
+                               sparsity=sparsity, weights=weights)
+    want = _ref_image_negatives(tok.numpy(), mask.numpy(), patch.numpy(), 3.0, n_negatives, sparsity, weights == "softmax")
+    assert got.item() == pytest.approx(want, rel=1e-10)
+
+
+def test_image_negatives_cannot_be_solved_without_image_content():
+    # Every image has the same patches (content-blind): each token's K+1 grouped embeddings coincide, loss = log(K+1).
+    tok, mask, patch = _random_batch(seed=12, B=4)
+    same = patch[:1].expand(4, -1, -1)
+    assert image_negatives_loss(tok, mask, same, torch.tensor(9.0), n_negatives=3).item() == pytest.approx(math.log(4))
+    assert image_negatives_loss(tok, mask, same, torch.tensor(9.0), n_negatives=10).item() == pytest.approx(math.log(4))
+
+
+def test_objective_adds_weighted_image_negatives():
+    out = _model_outputs()
+    base = build_objective("sparc", lambda_f=2.0)(out)
+    parts = build_objective("sparc", lambda_f=2.0, lambda_images=0.5)(out)
+    images = image_negatives_loss(out["token_emb"], out["token_mask"], out["patch_emb"], out["logit_scale"])
+    assert parts["images"].item() == pytest.approx(images.item())
+    assert parts["total"].item() == pytest.approx(base["total"].item() + 0.5 * images.item())
+    assert "images" not in base and SparcObjective(lambda_images=0.5).describe()["lambda_images"] == 0.5
+    with pytest.raises(SparcEvalError, match="lambda_images must be at least 0, got -1"):
+        build_objective("sparc", lambda_images=-1.0)

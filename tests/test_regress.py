@@ -87,6 +87,23 @@ def test_small_drop_is_within_noise_and_tolerance_is_not_tested(baseline, tmp_pa
     assert compare_results(baseline, tmp_path / "big", tolerance=0.1).exit_code == 1
 
 
+def test_exact_mode_fails_a_drop_no_paired_test_could_detect(baseline, tmp_path):
+    # One sample lost (and none gained): McNemar's p is 1, so the statistical gate passes it as noise ...
+    _write_cls(tmp_path / "one", _flip(_hits(), lose=1, gain=0))
+    write_run(tmp_path / "one", ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"miou": (0.3, True)})
+    (top1,) = [m for m in compare_results(baseline, tmp_path / "one").metrics if m.metric == "top1"]
+    assert top1.status == regress.WITHIN_NOISE
+    # ... a replica of a deterministic run has no noise: exact mode fails it, and identical results still pass.
+    result = run_cli("regress", "--exact", "--baseline", baseline, "--results", tmp_path / "one", "--json")
+    assert result.code == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    (top1,) = [m for m in report["metrics"] if m["metric"] == "top1"]
+    assert top1["status"] == "REGRESSION" and top1["test"] == "exact" and top1["p_value"] is None
+    assert report["exact"] is True and report["rule"].startswith("Exact mode")
+    assert run_cli("regress", "--exact", "--baseline", baseline, "--results", _copy(baseline, tmp_path / "same")).code == 0
+    assert compare_results(baseline, tmp_path / "one", exact=True, tolerance=0.5).exit_code == 0
+
+
 @pytest.mark.parametrize("lost, gained", [(7, 1), (12, 3), (5, 5), (1, 0), (20, 9)])
 def test_mcnemar_matches_the_exact_binomial_by_hand(lost, gained):
     base = np.array([1] * lost + [0] * gained + [1, 0] * 5, dtype=bool)

@@ -27,7 +27,7 @@ MICRO = {
 }
 
 # Everything a log row holds except timings, which differ from run to run.
-LOSS_KEYS = ("step", "lr", "loss", "global", "fine", "fine_matched", "fine_mismatched", "align_nonzero", "logit_scale")
+LOSS_KEYS = ("step", "lr", "loss", "global", "fine", "images", "fine_matched", "fine_mismatched", "align_nonzero", "logit_scale")
 
 
 @pytest.fixture(autouse=True)
@@ -124,6 +124,13 @@ def test_clip_objective_and_ablations_run(synth_root, tmp_path):
     assert _losses(softmax)[0]["align_nonzero"] == pytest.approx(1.0)
     fp32 = _losses(train(_cfg(synth_root, tmp_path / "fp32", steps=1)))[0]
     bf16 = _losses(train(_cfg(synth_root, tmp_path / "bf16", steps=1, bf16=True)))[0]
+    unique = train(_cfg(synth_root, tmp_path / "unique", steps=1, objective_options={"fine_tokens": "unique"}))
+    assert json.loads((unique / "config.json").read_text())["objective"]["fine_tokens"] == "unique"
+    # Same init and batch: the all-token probe agrees with the paper objective's run, the trained loss (fewer tokens) does not.
+    assert _losses(unique)[0]["fine_matched"] == pytest.approx(fp32["fine_matched"])
+    assert _losses(unique)[0]["fine"] != pytest.approx(fp32["fine"])
+    images = _losses(train(_cfg(synth_root, tmp_path / "images", steps=1, objective_options={"lambda_images": 2.0})))[0]
+    assert images["loss"] == pytest.approx(fp32["loss"] + 2.0 * images["images"], rel=1e-5)
     assert bf16["loss"] == pytest.approx(fp32["loss"], rel=0.05) and bf16["loss"] != fp32["loss"]
 
 
@@ -200,6 +207,10 @@ def test_resume_with_other_settings(synth_root, interrupted, capsys):
         (["--data", "{tmp}/missing.jsonl"], "training data {tmp}/missing.jsonl does not exist"),
         (["--arch", "tinyy"], "unknown architecture 'tinyy'"),
         (["--objective", "clip", "--lambda-f", "2"], "--lambda-f applies only to --objective sparc"),
+        (["--objective", "clip", "--fine-tokens", "unique"], "--fine-tokens applies only to --objective sparc"),
+        (["--fine-tokens", "nouns"], "unknown fine_tokens 'nouns'"),
+        (["--objective", "clip", "--lambda-images", "1"], "--lambda-images applies only to --objective sparc"),
+        (["--lambda-images", "-1"], "lambda_images must be at least 0, got -1.0"),
         (["--objective", "filip"], "unknown objective 'filip'"),
         (["--batch-size", "500"], "batch size 500 exceeds the 96 distinct images"),
         (["--steps", "0"], "--steps must be at least 1"),

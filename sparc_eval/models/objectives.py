@@ -22,6 +22,10 @@ from torch import nn
 from sparc_eval.errors import SparcEvalError
 
 ALIGNMENT_WEIGHTS = ("sparse", "softmax")
+# Which real tokens the fine-grained loss uses: "all" (the paper), or "unique": only tokens whose id occurs once in
+# their caption. Repeats of one word ("a ... a ...", "red ... red") have the same content, so the per-caption
+# token-vs-token contrast can only tell them apart by position; "unique" removes that pressure (not in the paper).
+FINE_TOKENS = ("all", "unique")
 
 
 def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -89,6 +93,13 @@ def sparc_alignment_weights(
     return sim / sim.sum(dim=-1, keepdim=True)
 
 
+def unique_token_mask(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """token_mask [B, L] restricted to tokens whose id occurs exactly once among their caption's real tokens."""
+    mask = token_mask.bool()
+    same = (tokens[:, :, None] == tokens[:, None, :]) & mask[:, None, :]
+    return mask & (same.sum(-1) == 1)
+
+
 def _sequence_cross_entropy(logits: torch.Tensor, mask: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each query row against its own position among the sample's real tokens.
 
@@ -144,26 +155,84 @@ def sparc_fine_grained_loss(
     return 0.5 * (_sequence_cross_entropy(logits_l2v, mask, n_real) + _sequence_cross_entropy(logits_v2l, mask, n_real))
 
 
+def image_negatives_loss(
+    token_emb: torch.Tensor,
+    token_mask: torch.Tensor,
+    patch_emb: torch.Tensor,
+    inv_temperature: torch.Tensor,
+    *,
+    n_negatives: int = 7,
+    sparsity: bool = True,
+    weights: str = "sparse",
+) -> torch.Tensor:
+    """A content probe turned into a loss (not in the paper; docs/grounding.md): does a token's grouped embedding
+    come from its own image?
+
+    Each token's language-grouped vision embedding is computed on its own image and on the next `n_negatives`
+    images of the batch (rolled, as the matched/mismatched probe does), with the same alignment weights as
+    SPARC; cross-entropy of the token embedding against these K+1 grouped embeddings, the own image as target,
+    averaged over real tokens. A model that aligns tokens by position alone cannot tell the images apart.
+    """
+    mask = token_mask.bool()
+    batch, n_candidates = token_emb.shape[0], min(n_negatives, token_emb.shape[0] - 1) + 1
+    keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+    token_emb, mask = token_emb[:, :keep], mask[:, :keep]
+    images = torch.stack([patch_emb.roll(-k, 0) for k in range(n_candidates)], 1)  # [B, K+1, P, D]; k = 0 is own
+    tokens_rep = token_emb[:, None].expand(-1, n_candidates, -1, -1).flatten(0, 1)
+    align = sparc_alignment_weights(tokens_rep, images.flatten(0, 1), sparsity=sparsity, weights=weights)
+    grouped = F.normalize(torch.einsum("ntp,npd->ntd", align, images.flatten(0, 1)), dim=-1).unflatten(0, (batch, n_candidates))
+    logits = torch.einsum("btd,bktd->btk", F.normalize(token_emb, dim=-1), grouped) * inv_temperature
+    ce = logits.logsumexp(-1) - logits[..., 0]
+    return torch.where(mask, ce, torch.zeros_like(ce)).sum() / _real_token_count(mask).to(ce.dtype)
+
+
 class SparcObjective(nn.Module):
-    """L = lambda_g * global + lambda_f * fine (paper Eq. 7); the paper uses lambda_g = 0.5, lambda_f in {0.5, 1, 5, 10}."""
+    """L = lambda_g * global + lambda_f * fine (paper Eq. 7); the paper uses lambda_g = 0.5, lambda_f in {0.5, 1, 5, 10}.
+
+    Two departures, off by default and named in describe() only when on (docs/grounding.md measures both):
+    fine_tokens="unique" and lambda_images > 0, which adds lambda_images * image_negatives_loss.
+    """
 
     name = "sparc"
 
-    def __init__(self, lambda_g: float = 0.5, lambda_f: float = 1.0, sparsity: bool = True, weights: str = "sparse"):
+    def __init__(
+        self,
+        lambda_g: float = 0.5,
+        lambda_f: float = 1.0,
+        sparsity: bool = True,
+        weights: str = "sparse",
+        fine_tokens: str = "all",
+        lambda_images: float = 0.0,
+    ):
         super().__init__()
         _check_alignment_options(sparsity, weights)
+        if fine_tokens not in FINE_TOKENS:
+            raise SparcEvalError(f"unknown fine_tokens {fine_tokens!r}; use one of {', '.join(FINE_TOKENS)}")
         self.lambda_g, self.lambda_f, self.sparsity, self.weights = float(lambda_g), float(lambda_f), bool(sparsity), weights
+        if lambda_images < 0:
+            raise SparcEvalError(f"lambda_images must be at least 0, got {lambda_images}")
+        self.fine_tokens, self.lambda_images = fine_tokens, float(lambda_images)
 
     def forward(self, out: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         scale = out["logit_scale"]
         g = global_contrastive_loss(out["image_emb"], out["text_emb"], scale)
-        f = sparc_fine_grained_loss(
-            out["token_emb"], out["token_mask"], out["patch_emb"], scale, sparsity=self.sparsity, weights=self.weights
-        )
-        return {"total": self.lambda_g * g + self.lambda_f * f, "global": g, "fine": f}
+        mask = out["token_mask"] if self.fine_tokens == "all" else unique_token_mask(out["tokens"], out["token_mask"])
+        flags = {"sparsity": self.sparsity, "weights": self.weights}
+        f = sparc_fine_grained_loss(out["token_emb"], mask, out["patch_emb"], scale, **flags)
+        parts = {"total": self.lambda_g * g + self.lambda_f * f, "global": g, "fine": f}
+        if self.lambda_images > 0:
+            parts["images"] = image_negatives_loss(out["token_emb"], mask, out["patch_emb"], scale, **flags)
+            parts["total"] = parts["total"] + self.lambda_images * parts["images"]
+        return parts
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "lambda_g": self.lambda_g, "lambda_f": self.lambda_f, "sparsity": self.sparsity, "weights": self.weights}
+        described = {"name": self.name, "lambda_g": self.lambda_g, "lambda_f": self.lambda_f, "sparsity": self.sparsity, "weights": self.weights}
+        # Departures are named only when on, so that records of paper-SPARC checkpoints stay as they were.
+        if self.fine_tokens != "all":
+            described["fine_tokens"] = self.fine_tokens
+        if self.lambda_images > 0:
+            described["lambda_images"] = self.lambda_images
+        return described
 
 
 class ClipObjective(nn.Module):

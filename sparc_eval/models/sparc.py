@@ -190,6 +190,7 @@ class SparcModel(nn.Module):
             "patch_emb": self.g_v(patches),
             "token_emb": self.g_t(feats),
             "token_mask": mask,
+            "tokens": tokens,
             "logit_scale": self.logit_scale,
         }
 

@@ -7,6 +7,10 @@ carries a 0/1 field named like the metric, otherwise a paired bootstrap that res
 indices and recomputes the metrics with the runner's `aggregate`. Drops within the tolerance are
 never tested. A (checkpoint, task, metric) of the baseline that is missing from the new results, or
 evaluated under a different task card (hash or version), sample limit or sample set, fails the gate.
+
+With `exact=True` the two folders are replicas of one deterministic run (same code path, seeds, thread
+count and CPU kind, as CI's `quickstart --fast` and its committed baseline): any drop beyond the
+tolerance fails without a paired test, which on a few samples could never reach significance.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class MetricComparison:
     higher_is_better: bool | None
     baseline: float | None
     new: float | None
-    test: str = "-"  # "McNemar", "bootstrap", "none" (no paired test possible) or "-" (not needed)
+    test: str = "-"  # "McNemar", "bootstrap", "exact", "none" (no paired test possible) or "-" (not needed)
     p_value: float | None = None
     status: str = PASS
     note: str = ""
@@ -74,6 +78,7 @@ class RegressionReport:
     alpha: float
     n_bootstrap: int
     seed: int
+    exact: bool = False
     metrics: list[MetricComparison] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     not_in_baseline: list[str] = field(default_factory=list)
@@ -93,6 +98,12 @@ class RegressionReport:
 
     @property
     def rule(self) -> str:
+        if self.exact:
+            return (
+                f"Exact mode (the two folders replicate one deterministic run): a regression is a metric worse than the "
+                f"baseline by more than {self.tolerance:g} (absolute); no paired test. "
+                f"Missing tasks or metrics and changed task cards (hash or version), limits or sample sets fail."
+            )
         return (
             f"A regression is a metric worse than the baseline by more than {self.tolerance:g} (absolute) AND "
             f"significant at alpha = {self.alpha:g}: two-sided exact McNemar test where the per-sample records carry "
@@ -119,6 +130,7 @@ def compare_results(
     alpha: float = 0.05,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    exact: bool = False,
 ) -> RegressionReport:
     """Gate the records under `results_dir` against those under `baseline_dir` (see the module docstring)."""
     if tolerance < 0:
@@ -129,7 +141,7 @@ def compare_results(
         raise SparcEvalError(f"--bootstrap must be at least 1, got {n_bootstrap}")
     baseline, baseline_superseded = collect(baseline_dir, key="name")
     new, new_superseded = collect(results_dir, key="name")
-    report = RegressionReport(str(baseline_dir), str(results_dir), tolerance, alpha, n_bootstrap, seed)
+    report = RegressionReport(str(baseline_dir), str(results_dir), tolerance, alpha, n_bootstrap, seed, exact)
     for folder, superseded in ((baseline_dir, baseline_superseded), (results_dir, new_superseded)):
         if superseded:
             report.notes.append(f"{folder}: {len(superseded)} older record(s) for the same checkpoint and task ignored (newest wins)")
@@ -196,6 +208,10 @@ def _compare_task(base: Entry, new: Entry, report: RegressionReport) -> None:
         elif comparison.worse_by > report.tolerance:  # type: ignore[operator]
             to_test.append(comparison)
 
+    if report.exact:
+        for comparison in to_test:
+            comparison.test, comparison.status = "exact", REGRESSION
+        return
     bootstrap = []
     for comparison in to_test:
         outcomes = _binary_outcomes(comparison.metric, base_rows, new_rows)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def plot_loss_curves(rows: list[dict], path: Path, title: str) -> None:
-    """Left: training losses (global, fine). Right: fine-grained loss on matched vs mismatched pairs.
+    """Left: training losses (global, fine, image negatives when on). Right: fine-grained loss on matched vs mismatched pairs.
 
     Matched ~= mismatched means the fine-grained loss is solved without looking at the caption's content
     (FINDINGS.md: a positional shortcut), so the gap between the two curves is the thing to watch.
@@ -22,6 +22,8 @@ def plot_loss_curves(rows: list[dict], path: Path, title: str) -> None:
     left.plot(steps, [r["global"] for r in rows], label="global (contrastive)")
     if all("fine" in r for r in rows):
         left.plot(steps, [r["fine"] for r in rows], label="fine-grained (trained)")
+    if all("images" in r for r in rows):
+        left.plot(steps, [r["images"] for r in rows], label="image negatives (trained)")
     left.plot(steps, [r["loss"] for r in rows], label="total", color="0.4", linestyle=":")
     left.set(xlabel="step", ylabel="loss", title="training losses")
     right.plot(steps, [r["fine_matched"] for r in rows], label="matched pairs")
