@@ -14,7 +14,6 @@ Example: python bench/grounding_remedies.py --seeds 0 1 --ckpt-root runs/quickst
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 

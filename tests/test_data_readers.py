@@ -3,7 +3,6 @@ and every bad-input case through the CLI as one line naming the file."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 

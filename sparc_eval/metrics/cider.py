@@ -12,7 +12,6 @@ import importlib.util
 import string
 from typing import Hashable, Mapping, Sequence
 
-from sparc_eval.errors import SparcEvalError
 
 _DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -31,7 +30,7 @@ def cider(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Seq
     try:
         from pycocoevalcap.cider.cider import Cider
     except ImportError:
-        raise SparcEvalError("CIDEr needs pycocoevalcap: install it with pip install 'sparc-eval[caption]'") from None
+        raise ImportError("CIDEr needs pycocoevalcap: install it with pip install 'sparc-eval[caption]'") from None
     if set(predictions) != set(references):
         raise ValueError("predictions and references must cover the same images")
     if not predictions or any(len(references[k]) == 0 for k in predictions):

@@ -20,7 +20,6 @@ from collections import Counter
 from functools import lru_cache
 from typing import Callable, Sequence
 
-from sparc_eval.errors import SparcEvalError
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
@@ -90,11 +89,11 @@ def k_precision_na(
 
 @lru_cache(maxsize=1)
 def pos_tagger() -> Tagger:
-    """The bundled part-of-speech tagger (universal tags), loaded once; a SparcEvalError when not installed."""
+    """The bundled part-of-speech tagger (universal tags), loaded once; ImportError naming the extra when not installed."""
     try:
         import denckring_en_pos
     except ImportError:
-        raise SparcEvalError(
+        raise ImportError(
             "K-Pna needs a part-of-speech tagger: install it with pip install 'sparc-eval[caption]' "
             "(the PyPI package denckring-en-pos, Python >= 3.11)"
         ) from None
@@ -107,7 +106,7 @@ def pos_tagger_description() -> str | None:
     """Which tagger K-Pna uses (for result records), or None when none is installed."""
     try:
         pos_tagger()
-    except SparcEvalError:
+    except ImportError:
         return None
     from importlib.metadata import version
 
