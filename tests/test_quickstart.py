@@ -36,6 +36,13 @@ def test_shipped_cards_differ_only_in_the_objective():
     assert differing <= {"objective", "objective_options"}
 
 
+@pytest.mark.parametrize("objective", ["clip", "sparc"])
+def test_longer_cards_differ_from_the_quickstart_cards_only_in_steps(objective):
+    short, long = load_checkpoint_card(f"tiny-{objective}"), load_checkpoint_card(f"tiny-{objective}-1k")
+    assert long.synthscenes == short.synthscenes and long.train == {**short.train, "steps": 1000}
+    assert long.recipe_sha256 != short.recipe_sha256  # trained into a folder of their own
+
+
 def test_recipe_hash_follows_the_recipe_not_the_prose(tmp_path):
     base = load_checkpoint_card(_card(tmp_path))
     reworded = load_checkpoint_card(_card(tmp_path, CARD.replace("test recipe", "other words").replace("version: 1", "version: 2"), "b.yaml"))
