@@ -112,6 +112,14 @@ def _sequence_cross_entropy(logits: torch.Tensor, mask: torch.Tensor, n_real: to
     return torch.where(mask, ce, torch.zeros_like(ce)).sum() / n_real.to(ce.dtype)
 
 
+def _drop_trailing_padding(token_emb: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions after the batch's last real token are padding in every sample: never a query, never a
+    candidate, so dropping them changes nothing but the cost of the [B, L, P] and [B, L, L] work."""
+    mask = token_mask.bool()
+    keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+    return token_emb[:, :keep], mask[:, :keep]
+
+
 def _real_token_count(mask: torch.Tensor) -> torch.Tensor:
     """The Listing 1 normaliser: the batch's number of real tokens. Distributed: the global batch's count over the world size, so that
     the mean over ranks (what DDP's gradient averaging computes) is the global batch's token mean."""
@@ -140,11 +148,7 @@ def sparc_fine_grained_loss(
     c = normalize(sum_p a_p v_p) is contrasted with the sample's normalised token embeddings in both
     directions (token -> grouped and grouped -> token); padded tokens are never candidates.
     """
-    mask = token_mask.bool()
-    # Positions after the batch's last real token are padding in every sample: never a query, never a
-    # candidate, so dropping them changes nothing but the cost of the [B, L, P] and [B, L, L] work.
-    keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
-    token_emb, mask = token_emb[:, :keep], mask[:, :keep]
+    token_emb, mask = _drop_trailing_padding(token_emb, token_mask)
     align = sparc_alignment_weights(token_emb, patch_emb, sparsity=sparsity, weights=weights)
     grouped = F.normalize(torch.einsum("btp,bpd->btd", align, patch_emb), dim=-1)
     tokens = F.normalize(token_emb, dim=-1)
@@ -173,10 +177,8 @@ def image_negatives_loss(
     SPARC; cross-entropy of the token embedding against these K+1 grouped embeddings, the own image as target,
     averaged over real tokens. A model that aligns tokens by position alone cannot tell the images apart.
     """
-    mask = token_mask.bool()
+    token_emb, mask = _drop_trailing_padding(token_emb, token_mask)
     batch, n_candidates = token_emb.shape[0], min(n_negatives, token_emb.shape[0] - 1) + 1
-    keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
-    token_emb, mask = token_emb[:, :keep], mask[:, :keep]
     images = torch.stack([patch_emb.roll(-k, 0) for k in range(n_candidates)], 1)  # [B, K+1, P, D]; k = 0 is own
     tokens_rep = token_emb[:, None].expand(-1, n_candidates, -1, -1).flatten(0, 1)
     align = sparc_alignment_weights(tokens_rep, images.flatten(0, 1), sparsity=sparsity, weights=weights)
