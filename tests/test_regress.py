@@ -104,6 +104,16 @@ def test_exact_mode_fails_a_drop_no_paired_test_could_detect(baseline, tmp_path)
     assert compare_results(baseline, tmp_path / "one", exact=True, tolerance=0.5).exit_code == 0
 
 
+def test_exact_mode_allows_float_round_off_only(baseline, tmp_path):
+    # Another CPU or thread count reorders float sums: grounding means moved in the 9th digit (1 vs 2 threads).
+    for name, miou in (("roundoff", 0.3 - 1e-9), ("real", 0.3 - 1e-4)):
+        _write_cls(tmp_path / name, _hits())
+        write_run(tmp_path / name, ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"miou": (miou, True)})
+    assert compare_results(baseline, tmp_path / "roundoff", exact=True).exit_code == 0
+    (miou,) = [m for m in compare_results(baseline, tmp_path / "real", exact=True).metrics if m.metric == "miou"]
+    assert miou.status == regress.REGRESSION and miou.test == "exact"
+
+
 @pytest.mark.parametrize("lost, gained", [(7, 1), (12, 3), (5, 5), (1, 0), (20, 9)])
 def test_mcnemar_matches_the_exact_binomial_by_hand(lost, gained):
     base = np.array([1] * lost + [0] * gained + [1, 0] * 5, dtype=bool)

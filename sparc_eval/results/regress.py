@@ -9,8 +9,9 @@ never tested. A (checkpoint, task, metric) of the baseline that is missing from 
 evaluated under a different task card (hash or version), sample limit or sample set, fails the gate.
 
 With `exact=True` the two folders are replicas of one deterministic run (same code path, seeds, thread
-count and CPU kind, as CI's `quickstart --fast` and its committed baseline): any drop beyond the
-tolerance fails without a paired test, which on a few samples could never reach significance.
+count, as CI's `quickstart --fast` and its committed baseline): any drop beyond the tolerance and beyond
+float round-off (another CPU or thread count reorders sums) fails without a paired test, which on a few
+samples could never reach significance.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sparc_eval.results.record import ResultRecord, load_samples
 ID_FIELDS = ("id", "sample_id", "image_id")
 
 PASS, WITHIN_NOISE, REGRESSION, UNDEFINED = "ok", "within noise", "REGRESSION", "undefined"
+EXACT_RELATIVE_ROUNDOFF = 1e-6  # exact mode: drops this small relative to max(1, |baseline|) are float round-off
 
 
 @dataclass
@@ -101,7 +103,8 @@ class RegressionReport:
         if self.exact:
             return (
                 f"Exact mode (the two folders replicate one deterministic run): a regression is a metric worse than the "
-                f"baseline by more than {self.tolerance:g} (absolute); no paired test. "
+                f"baseline by more than {self.tolerance:g} (absolute) and more than float round-off "
+                f"({EXACT_RELATIVE_ROUNDOFF:g} x max(1, |baseline|)); no paired test. "
                 f"Missing tasks or metrics and changed task cards (hash or version), limits or sample sets fail."
             )
         return (
@@ -205,7 +208,7 @@ def _compare_task(base: Entry, new: Entry, report: RegressionReport) -> None:
         elif now.value is None:
             report.problems.append(Problem(base.name, base.task, "changed", f"metric {metric!r} is now undefined"))
             comparison.status = UNDEFINED
-        elif comparison.worse_by > report.tolerance:  # type: ignore[operator]
+        elif comparison.worse_by > _allowed_drop(report, old.value):  # type: ignore[operator]
             to_test.append(comparison)
 
     if report.exact:
@@ -224,6 +227,14 @@ def _compare_task(base: Entry, new: Entry, report: RegressionReport) -> None:
     for comparison in to_test:
         significant = comparison.p_value is None or comparison.p_value < report.alpha
         comparison.status = REGRESSION if significant else WITHIN_NOISE
+
+
+def _allowed_drop(report: RegressionReport, baseline_value: float) -> float:
+    """The tolerance; in exact mode at least float round-off, which another CPU or thread count changes
+    (seen: grounding means differing in the 9th digit between 1 and 2 threads, every count-based metric equal)."""
+    if not report.exact:
+        return report.tolerance
+    return max(report.tolerance, EXACT_RELATIVE_ROUNDOFF * max(1.0, abs(baseline_value)))
 
 
 def _pair_samples(base: Entry, new: Entry) -> tuple[list[dict], list[dict]] | str:
