@@ -19,12 +19,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import yaml
-
 from sparc_eval.checkpoint_cards import ensure_checkpoint, load_checkpoint_card
 from sparc_eval.evaluate import run_evaluation
-from sparc_eval.fileio import write_json_atomic, write_text_atomic
-from sparc_eval.tasks.card import find_card
+from sparc_eval.fileio import write_json_atomic
+from sparc_eval.tasks.card import find_card, write_card_variant
 
 # name -> (checkpoint card, objective options replacing the card's)
 VARIANTS: dict[str, tuple[str, dict | None]] = {
@@ -45,11 +43,8 @@ GLOBAL_TASKS = {"synth-retrieval": ("i2t_r1", "t2i_r1"), "synth-cls": ("top1",)}
 def head_cards(out: Path) -> dict[str, Path]:
     """The synth-grounding card as shipped (local head) and a copy scoring the global head."""
     shipped = find_card("synth-grounding")
-    raw = yaml.safe_load(shipped.read_text(encoding="utf-8"))
-    raw["params"]["head"] = "global"
-    copy = out / "tasks" / "synth-grounding-global.yaml"
-    write_text_atomic(copy, "# synth-grounding with the global dense head (bench/grounding_remedies.py).\n"
-                      + yaml.safe_dump(raw, sort_keys=False))
+    copy = write_card_variant(shipped, out / "tasks" / "synth-grounding-global.yaml",
+                              "synth-grounding with the global dense head (bench/grounding_remedies.py).", params={"head": "global"})
     return {"local": shipped, "global": copy}
 
 

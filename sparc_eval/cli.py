@@ -175,9 +175,9 @@ def train_cmd(
     options: dict = {}
     if objective == "sparc":
         options = {"sparsity": not (no_sparsity or softmax_weights), "weights": "softmax" if softmax_weights else "sparse"}
-        if fine_tokens != "all":
-            options["fine_tokens"] = fine_tokens
-        options.update({k: v for k, v in (("lambda_f", lambda_f), ("lambda_g", lambda_g), ("lambda_images", lambda_images)) if v is not None})
+        named = {"lambda_f": lambda_f, "lambda_g": lambda_g, "lambda_images": lambda_images,
+                 "fine_tokens": None if fine_tokens == "all" else fine_tokens}
+        options.update({k: v for k, v in named.items() if v is not None})
     elif any(sparc_only.values()):
         raise SparcEvalError(f"{next(k for k, v in sparc_only.items() if v)} applies only to --objective sparc, not {objective!r}")
     cfg = TrainConfig(

@@ -14,15 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 
 from sparc_eval.evaluate import DEFAULT_DATA_DIR, run_evaluation
-from sparc_eval.fileio import write_text_atomic
 from sparc_eval.checkpoint_cards import ensure_checkpoint, load_checkpoint_card
 from sparc_eval.results.leaderboard import build_leaderboard
 from sparc_eval.results.table import build_table, render_rich
-from sparc_eval.tasks.card import list_card_paths, load_card
+from sparc_eval.tasks.card import list_card_paths, load_card, write_card_variant
 
 CHECKPOINT_CARDS = ("tiny-clip", "tiny-sparc")
 TASK_PREFIX = "synth-"
@@ -61,18 +59,9 @@ def synth_task_cards(out: Path, profile: Profile) -> list[Path]:
     paths = [p for p in list_card_paths() if p.stem.startswith(TASK_PREFIX)]
     if profile.synthscenes is None and not profile.task_params:
         return paths
-    copies = []
-    for path in paths:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if profile.synthscenes is not None:
-            raw["synthscenes"] = dict(profile.synthscenes)
-        params = raw.get("params") or {}
-        raw["params"] = {**params, **{k: v for k, v in profile.task_params.items() if k in params}}
-        copy = out / "tasks" / path.name
-        write_text_atomic(copy, f"# {path.name} on quickstart --fast's tiny SynthScenes tree (smoke run only).\n"
-                          + yaml.safe_dump(raw, sort_keys=False))
-        copies.append(copy)
-    return copies
+    note = "on quickstart --fast's tiny SynthScenes tree (smoke run only)."
+    return [write_card_variant(path, out / "tasks" / path.name, f"{path.name} {note}", params=profile.task_params,
+                               synthscenes=profile.synthscenes) for path in paths]
 
 
 def run_quickstart(out: str | Path, *, fast: bool = False, data_dir: str | Path = DEFAULT_DATA_DIR,

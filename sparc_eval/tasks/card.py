@@ -19,7 +19,7 @@ from typing import Any
 
 from sparc_eval.data.synth import synthscenes_dir
 from sparc_eval.errors import SparcEvalError
-from sparc_eval.fileio import read_yaml_card, sha256_text
+from sparc_eval.fileio import read_yaml_card, sha256_text, write_text_atomic
 
 # Cards shipped with the repository; SPARC_EVAL_TASKS adds more folders (os.pathsep-separated).
 BUILTIN_CARD_DIR = Path(__file__).resolve().parents[2] / "tasks"
@@ -172,3 +172,19 @@ def validate_params(params_type: type, raw: dict[str, Any], card: TaskCard) -> A
         if name in raw and not _type_ok(raw[name], hints[name]):
             raise SparcEvalError(f"task card {card.path}: params key {name!r} has value {raw[name]!r}, expected {hints[name]}")
     return params_type(**raw)
+
+
+def write_card_variant(
+    source: Path, dest: Path, note: str, *, params: dict[str, Any] | None = None, synthscenes: dict[str, int] | None = None
+) -> Path:
+    """A copy of card `source` at `dest` with `note` as its first comment line, the given values replacing those of
+    the params the card already has, and (when given) another SynthScenes tree. Its hash follows its new content."""
+    import yaml
+
+    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    if synthscenes is not None:
+        raw["synthscenes"] = dict(synthscenes)
+    card_params = raw.get("params") or {}
+    raw["params"] = {**card_params, **{k: v for k, v in (params or {}).items() if k in card_params}}
+    write_text_atomic(dest, f"# {note}\n" + yaml.safe_dump(raw, sort_keys=False))
+    return dest
