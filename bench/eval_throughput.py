@@ -28,10 +28,10 @@ import weakref
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from rich.console import Console
 from rich.table import Table
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 console = Console()
 
@@ -98,9 +98,17 @@ def bench_forward(models: dict, shapes: dict[str, tuple[int, int]], reps: int, m
     for name, precision in configs:
         t = statistics.median(times[(name, precision)])
         rate = flops[name] / t / 1e9
-        rows.append({"model": name, "precision": precision, "batch": batch[name], "images_per_s": batch[name] / t,
-                     "gflop_per_image": flops[name] / batch[name] / 1e9, "gflops": rate,
-                     "share_of_matmul": rate / matmul[precision.split()[0]]})
+        rows.append(
+            {
+                "model": name,
+                "precision": precision,
+                "batch": batch[name],
+                "images_per_s": batch[name] / t,
+                "gflop_per_image": flops[name] / batch[name] / 1e9,
+                "gflops": rate,
+                "share_of_matmul": rate / matmul[precision.split()[0]],
+            }
+        )
     return rows
 
 
@@ -118,10 +126,25 @@ def bench_run(ckpts: dict[str, str], n_val: int, precisions: tuple[str, ...], wo
         generate_synthscenes(tree, seed=0, n_train=8, n_val=n_val, image_size=64, workers=1)
         for name, ckpt in ckpts.items():
             for precision in precisions:
-                record = run_evaluation(ckpt, "synth-cls", out=tmp / "results", data_dir=tmp / "data", precision=precision,
-                                        num_workers=workers, batch_size=64, force=True).record
-                rows.append({"model": name, "precision": precision, "images": record.n_samples,
-                             "images_per_s": record.throughput, "wall_s": record.wall_time_s})
+                record = run_evaluation(
+                    ckpt,
+                    "synth-cls",
+                    out=tmp / "results",
+                    data_dir=tmp / "data",
+                    precision=precision,
+                    num_workers=workers,
+                    batch_size=64,
+                    force=True,
+                ).record
+                rows.append(
+                    {
+                        "model": name,
+                        "precision": precision,
+                        "images": record.n_samples,
+                        "images_per_s": record.throughput,
+                        "wall_s": record.wall_time_s,
+                    }
+                )
     return rows
 
 
@@ -187,16 +210,30 @@ def _retrieval_child(n_captions: int, chunk: int) -> None:
     rss_added = (_memory_kib("VmHWM") - before) / 1024
     with PeakTensorBytes(existing=(images, texts, owner)) as tracked:
         retrieval_ranks(images, texts, owner, chunk=chunk)
-    print(json.dumps({"captions": n_captions, "images": n_images, "tensor_peak_mib": tracked.peak / 2**20,
-                      "rss_peak_added_mib": rss_added, "inputs_mib": (images.numel() + texts.numel()) * 4 / 2**20,
-                      "seconds": seconds, "full_matrix_mib": n_images * n_captions * 4 / 2**20}))
+    print(
+        json.dumps(
+            {
+                "captions": n_captions,
+                "images": n_images,
+                "tensor_peak_mib": tracked.peak / 2**20,
+                "rss_peak_added_mib": rss_added,
+                "inputs_mib": (images.numel() + texts.numel()) * 4 / 2**20,
+                "seconds": seconds,
+                "full_matrix_mib": n_images * n_captions * 4 / 2**20,
+            }
+        )
+    )
 
 
 def bench_retrieval(caption_counts: list[int], chunk: int) -> list[dict]:
     rows = []
     for n in caption_counts:
-        out = subprocess.run([sys.executable, __file__, "--retrieval-child", str(n), "--chunk", str(chunk)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--retrieval-child", str(n), "--chunk", str(chunk)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
 
@@ -242,17 +279,29 @@ def main() -> None:
         tiny_dir = save_checkpoint(create_model("tiny"), Path(tmp) / "tiny")
         models = {"tiny": load_model(str(tiny_dir)), "ViT-B-32": load_model("openclip:ViT-B-32")}
         forward = bench_forward(models, {"tiny": (256, 64), "ViT-B-32": (64, 224)}, args.reps, matmul)
-        console.print(_table("encode_image forward (inference_mode)", forward,
-                             {"images_per_s": ".1f", "gflop_per_image": ".3f", "gflops": ".0f", "share_of_matmul": ".0%"}))
+        console.print(
+            _table(
+                "encode_image forward (inference_mode)",
+                forward,
+                {"images_per_s": ".1f", "gflop_per_image": ".3f", "gflops": ".0f", "share_of_matmul": ".0%"},
+            )
+        )
         runs = bench_run({"tiny": str(tiny_dir), "ViT-B-32": "openclip:ViT-B-32"}, args.n_val, ("fp32", "bf16"), args.workers)
         console.print(_table("sparc-eval run --task synth-cls (whole path)", runs, {"images_per_s": ".1f", "wall_s": ".1f"}))
 
     retrieval = bench_retrieval(args.captions, args.chunk)
-    console.print(_table(f"retrieval_ranks, blocks of {args.chunk}", retrieval,
-                         {k: ".1f" for k in ("tensor_peak_mib", "rss_peak_added_mib", "inputs_mib", "seconds", "full_matrix_mib")}))
+    console.print(
+        _table(
+            f"retrieval_ranks, blocks of {args.chunk}",
+            retrieval,
+            {k: ".1f" for k in ("tensor_peak_mib", "rss_peak_added_mib", "inputs_mib", "seconds", "full_matrix_mib")},
+        )
+    )
     console.print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"matmul_gflops": matmul, "forward": forward, "run": runs, "retrieval": retrieval}, indent=2))
+        args.json.write_text(
+            json.dumps({"matmul_gflops": matmul, "forward": forward, "run": runs, "retrieval": retrieval}, indent=2)
+        )
 
 
 if __name__ == "__main__":

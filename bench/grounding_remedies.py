@@ -34,8 +34,16 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "sparc unique tokens": ("tiny-sparc", {"lambda_g": 0.5, "lambda_f": 5.0, "fine_tokens": "unique"}),
     "sparc + image negatives": ("tiny-sparc", {"lambda_g": 0.5, "lambda_f": 5.0, "lambda_images": 1.0}),
 }
-COLUMNS = ("pointing_acc", "pointing_chance", "mass_in_object", "nnz_patches", "fine_loss_matched",
-           "fine_loss_mismatched", "fine_loss_ratio", "position_r2")
+COLUMNS = (
+    "pointing_acc",
+    "pointing_chance",
+    "mass_in_object",
+    "nnz_patches",
+    "fine_loss_matched",
+    "fine_loss_mismatched",
+    "fine_loss_ratio",
+    "position_r2",
+)
 # What a remedy costs the global alignment: scored once per model, shown on both of its rows.
 GLOBAL_TASKS = {"synth-retrieval": ("i2t_r1", "t2i_r1"), "synth-cls": ("top1",)}
 
@@ -43,8 +51,12 @@ GLOBAL_TASKS = {"synth-retrieval": ("i2t_r1", "t2i_r1"), "synth-cls": ("top1",)}
 def head_cards(out: Path) -> dict[str, Path]:
     """The synth-grounding card as shipped (local head) and a copy scoring the global head."""
     shipped = find_card("synth-grounding")
-    copy = write_card_variant(shipped, out / "tasks" / "synth-grounding-global.yaml",
-                              "synth-grounding with the global dense head (bench/grounding_remedies.py).", params={"head": "global"})
+    copy = write_card_variant(
+        shipped,
+        out / "tasks" / "synth-grounding-global.yaml",
+        "synth-grounding with the global dense head (bench/grounding_remedies.py).",
+        params={"head": "global"},
+    )
     return {"local": shipped, "global": copy}
 
 

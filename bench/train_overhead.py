@@ -92,7 +92,7 @@ def objective_seconds(runners: dict, images: torch.Tensor, tokens: torch.Tensor,
         out = model(images, tokens)
     times = {name: [] for name in runners}
     for rep in range(reps + 2):
-        for name in (("sparc", "clip") if rep % 2 == 0 else ("clip", "sparc")):
+        for name in ("sparc", "clip") if rep % 2 == 0 else ("clip", "sparc"):
             leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in out.items()}
             start = time.perf_counter()
             runners[name][1](leaves)["total"].backward()
@@ -139,8 +139,11 @@ def measure(batch: int, arch: str, reps: int, bf16: bool, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Example: python bench/train_overhead.py --batch-sizes 32 64 128 --reps 20")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example: python bench/train_overhead.py --batch-sizes 32 64 128 --reps 20",
+    )
     parser.add_argument("--arch", default="tiny", help="model preset or open_clip architecture (default tiny)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--reps", type=int, default=20, help="timed steps per objective and batch size")
@@ -153,19 +156,42 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"SPARC vs CLIP training step, {args.arch}, {'bf16' if args.bf16 else 'fp32'}, "
-                        f"{torch.get_num_threads()} threads, {args.reps} interleaved steps each")
-    columns = ("batch", "CLIP s", "SPARC s", "time x", "loss ms CLIP / SPARC", "loss share", "peak MB CLIP / SPARC", "peak x", "step x")
+    table = Table(
+        title=f"SPARC vs CLIP training step, {args.arch}, {'bf16' if args.bf16 else 'fp32'}, "
+        f"{torch.get_num_threads()} threads, {args.reps} interleaved steps each"
+    )
+    columns = (
+        "batch",
+        "CLIP s",
+        "SPARC s",
+        "time x",
+        "loss ms CLIP / SPARC",
+        "loss share",
+        "peak MB CLIP / SPARC",
+        "peak x",
+        "step x",
+    )
     for col in columns:
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["batch_size"]), f"{r['clip_s']:.3f}", f"{r['sparc_s']:.3f}", f"{r['time_ratio']:.3f}",
-                      f"{r['clip_loss_ms']:.1f} / {r['sparc_loss_ms']:.1f}", f"{r['loss_overhead']:.3f}",
-                      f"{r['clip_peak_mb']:.0f} / {r['sparc_peak_mb']:.0f}", f"{r['memory_ratio']:.3f}", f"{r['step_memory_ratio']:.3f}")
+        table.add_row(
+            str(r["batch_size"]),
+            f"{r['clip_s']:.3f}",
+            f"{r['sparc_s']:.3f}",
+            f"{r['time_ratio']:.3f}",
+            f"{r['clip_loss_ms']:.1f} / {r['sparc_loss_ms']:.1f}",
+            f"{r['loss_overhead']:.3f}",
+            f"{r['clip_peak_mb']:.0f} / {r['sparc_peak_mb']:.0f}",
+            f"{r['memory_ratio']:.3f}",
+            f"{r['step_memory_ratio']:.3f}",
+        )
     console.print(table)
-    console.print("s: median seconds per training step (ABBA-interleaved); x: SPARC / CLIP. loss ms: one objective's forward +\n"
-                  "backward alone; loss share: (SPARC - CLIP loss time) / CLIP step time. peak: MB of all tensors alive at the\n"
-                  "step's peak (MemTracker); step x: the same ratio without the parameters and AdamW state both share.")
+    console.print(
+        "s: median seconds per training step (ABBA-interleaved); x: SPARC / CLIP. loss ms: one objective's forward +\n"
+        "backward alone; loss share: (SPARC - CLIP loss time) / CLIP step time. peak: MB of all tensors alive at the\n"
+        "step's peak (MemTracker); step x: the same ratio without the parameters and AdamW state both share."
+    )
+
 
 if __name__ == "__main__":
     main()

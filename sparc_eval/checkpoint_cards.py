@@ -67,7 +67,7 @@ class CheckpointCard:
     def checkpoint_dir(self, root: str | os.PathLike) -> Path:
         return Path(root) / self.recipe_sha256[:12] / self.name
 
-    def with_overrides(self, synthscenes: dict[str, int] | None = None, train: dict[str, Any] | None = None) -> "CheckpointCard":
+    def with_overrides(self, synthscenes: dict[str, int] | None = None, train: dict[str, Any] | None = None) -> CheckpointCard:
         """A variant of the recipe (e.g. quickstart --fast: tiny data, few steps), validated like the card itself."""
         merged_synth = _synth(self.path, {**self.synthscenes, **(synthscenes or {})})
         merged_train = _train(self.path, {**self.train, **(train or {})})
@@ -128,14 +128,18 @@ def _train(path: Path, raw: Any) -> dict[str, Any]:
     return dict(raw)
 
 
-def ensure_checkpoint(card: CheckpointCard, *, root: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None) -> Path:
+def ensure_checkpoint(
+    card: CheckpointCard, *, root: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
+) -> Path:
     """The checkpoint folder of `card`: trained now (SynthScenes generated first if missing) or reused."""
     folder = card.checkpoint_dir(root if root is not None else os.environ.get(CHECKPOINT_ROOT_ENV, DEFAULT_CHECKPOINT_ROOT))
     if (folder / CONFIG_FILE).is_file():
         return folder
     from sparc_eval.train.loop import TrainConfig, train
 
-    data = ensure_synthscenes(data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR), **card.synth_params)
+    data = ensure_synthscenes(
+        data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR), **card.synth_params
+    )
     return train(TrainConfig(data=str(data), out=str(folder), **card.train))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -28,7 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-data_app = typer.Typer(help="Generate and verify datasets.\n\nExample: sparc-eval data synth --out data/synthscenes", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Generate and verify datasets.\n\nExample: sparc-eval data synth --out data/synthscenes", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -40,7 +41,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Train SPARC / CLIP-style image-text models and score them on the SPARC paper's tasks."""
 
@@ -64,7 +67,9 @@ def data_synth(
     """
     from sparc_eval.data.synth import generate_synthscenes
 
-    summary = generate_synthscenes(out, seed=seed, n_train=n_train, n_val=n_val, image_size=image_size, workers=workers, force=force)
+    summary = generate_synthscenes(
+        out, seed=seed, n_train=n_train, n_val=n_val, image_size=image_size, workers=workers, force=force
+    )
     console.print(summary)
 
 
@@ -84,10 +89,14 @@ def data_check(root: Path = typer.Argument(..., help="Dataset folder holding a M
 
 @data_app.command("inspect")
 def data_inspect(
-    format: str = typer.Argument(..., help="Reader format: coco-captions, coco-instances, karpathy, lvis, voc, imagefolder, pairs."),
-    root: Path = typer.Argument(..., help="Dataset root as the format defines it (images folder, VOCdevkit/<name>, pairs file...)."),
+    format: str = typer.Argument(
+        ..., help="Reader format: coco-captions, coco-instances, karpathy, lvis, voc, imagefolder, pairs."
+    ),
+    root: Path = typer.Argument(
+        ..., help="Dataset root as the format defines it (images folder, VOCdevkit/<name>, pairs file...)."
+    ),
     split: str = typer.Option("val", help="Split to open."),
-    option: List[str] = typer.Option([], "--option", "-o", help="Reader option KEY=VALUE (repeatable; VALUE is read as YAML)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Reader option KEY=VALUE (repeatable; VALUE is read as YAML)."),
     limit: int = typer.Option(0, help="Read only the first N items (0 = all of them)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
 ) -> None:
@@ -120,7 +129,9 @@ def data_inspect(
         if hasattr(ds, attr):
             value = getattr(ds, attr)
             summary[attr] = len(value) if isinstance(value, list) else value
-    summary["item"] = {k: (f"{type(v).__name__}{list(v.shape)}" if hasattr(v, "shape") else type(v).__name__) for k, v in (first or {}).items()}
+    summary["item"] = {
+        k: (f"{type(v).__name__}{list(v.shape)}" if hasattr(v, "shape") else type(v).__name__) for k, v in (first or {}).items()
+    }
     if json_out:
         print(json.dumps(summary))
         return
@@ -137,28 +148,60 @@ def data_inspect(
 
 @app.command("train")
 def train_cmd(
-    data: Path = typer.Option(..., "--data", help="Training pairs: a .jsonl/.csv file (columns image, caption), a folder with train.jsonl, or a SynthScenes root."),
-    out: Path = typer.Option(..., "--out", help="Checkpoint folder to write (must not exist); periodic checkpoints go to OUT.periodic/ until the run ends."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="Training pairs: a .jsonl/.csv file (columns image, caption), a folder with train.jsonl, or a SynthScenes root.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Checkpoint folder to write (must not exist); periodic checkpoints go to OUT.periodic/ until the run ends.",
+    ),
     arch: str = typer.Option("tiny", "--arch", help="Model preset (tiny, vit-b-16) or an open_clip ViT architecture name."),
     objective: str = typer.Option("sparc", "--objective", help="sparc (global + fine-grained) or clip (global only)."),
-    no_sparsity: bool = typer.Option(False, "--no-sparsity", help="SPARC ablation: keep every min-max normalised similarity (no 1/P threshold)."),
-    softmax_weights: bool = typer.Option(False, "--softmax-weights", help="SPARC ablation: alignment weights = softmax over patches of the raw similarities."),
-    lambda_f: Optional[float] = typer.Option(None, "--lambda-f", help="SPARC fine-grained loss weight (default 1.0; the paper sweeps 0.5, 1, 5, 10)."),
-    lambda_g: Optional[float] = typer.Option(None, "--lambda-g", help="SPARC global loss weight (default 0.5, as in the paper)."),
-    lambda_images: Optional[float] = typer.Option(None, "--lambda-images", help="Weight of an extra loss asking each token's grouped patches to come from its own image rather than 7 others (default 0: off, as in the paper; see docs/grounding.md)."),
-    fine_tokens: str = typer.Option("all", "--fine-tokens", help="Tokens in the fine-grained loss: all (the paper) or unique (only words that occur once in their caption; see docs/grounding.md)."),
+    no_sparsity: bool = typer.Option(
+        False, "--no-sparsity", help="SPARC ablation: keep every min-max normalised similarity (no 1/P threshold)."
+    ),
+    softmax_weights: bool = typer.Option(
+        False, "--softmax-weights", help="SPARC ablation: alignment weights = softmax over patches of the raw similarities."
+    ),
+    lambda_f: float | None = typer.Option(
+        None, "--lambda-f", help="SPARC fine-grained loss weight (default 1.0; the paper sweeps 0.5, 1, 5, 10)."
+    ),
+    lambda_g: float | None = typer.Option(None, "--lambda-g", help="SPARC global loss weight (default 0.5, as in the paper)."),
+    lambda_images: float | None = typer.Option(
+        None,
+        "--lambda-images",
+        help="Weight of an extra loss asking each token's grouped patches to come from its own image rather than 7 others (default 0: off, as in the paper; see docs/grounding.md).",
+    ),
+    fine_tokens: str = typer.Option(
+        "all",
+        "--fine-tokens",
+        help="Tokens in the fine-grained loss: all (the paper) or unique (only words that occur once in their caption; see docs/grounding.md).",
+    ),
     steps: int = typer.Option(1000, "--steps", help="Optimisation steps."),
     batch_size: int = typer.Option(64, "--batch-size", help="Global batch size (split evenly over torchrun processes)."),
     lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW)."),
     warmup: int = typer.Option(50, "--warmup", help="Linear warm-up steps before the cosine decay."),
-    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay (not applied to biases, norms, temperature)."),
+    weight_decay: float = typer.Option(
+        0.1, "--weight-decay", help="AdamW weight decay (not applied to biases, norms, temperature)."
+    ),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Clip the gradient norm to this (0 = off)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and of the batch draws; same seed, same losses on CPU."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the initialisation and of the batch draws; same seed, same losses on CPU."
+    ),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast for the towers (losses stay fp32)."),
     save_every: int = typer.Option(0, "--save-every", help="Write a periodic checkpoint every K steps (0 = off)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last periodic checkpoint in OUT.periodic/ (starts afresh if there is none)."),
-    log_every: int = typer.Option(10, "--log-every", help="Log losses, and fine loss on matched vs mismatched pairs, every N steps."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK if available, else cpu)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the last periodic checkpoint in OUT.periodic/ (starts afresh if there is none)."
+    ),
+    log_every: int = typer.Option(
+        10, "--log-every", help="Log losses, and fine loss on matched vs mismatched pairs, every N steps."
+    ),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK if available, else cpu)."
+    ),
 ) -> None:
     """Train a SPARC (or CLIP) model on image-text pairs; writes model.safetensors, config.json, train_log.jsonl and loss_curve.png.
 
@@ -170,20 +213,46 @@ def train_cmd(
 
     from sparc_eval.train.loop import LOG_FILE, TrainConfig, train
 
-    sparc_only = {"--no-sparsity": no_sparsity, "--softmax-weights": softmax_weights, "--lambda-f": lambda_f is not None,
-                  "--lambda-g": lambda_g is not None, "--lambda-images": lambda_images is not None, "--fine-tokens": fine_tokens != "all"}
+    sparc_only = {
+        "--no-sparsity": no_sparsity,
+        "--softmax-weights": softmax_weights,
+        "--lambda-f": lambda_f is not None,
+        "--lambda-g": lambda_g is not None,
+        "--lambda-images": lambda_images is not None,
+        "--fine-tokens": fine_tokens != "all",
+    }
     options: dict = {}
     if objective == "sparc":
         options = {"sparsity": not (no_sparsity or softmax_weights), "weights": "softmax" if softmax_weights else "sparse"}
-        named = {"lambda_f": lambda_f, "lambda_g": lambda_g, "lambda_images": lambda_images,
-                 "fine_tokens": None if fine_tokens == "all" else fine_tokens}
+        named = {
+            "lambda_f": lambda_f,
+            "lambda_g": lambda_g,
+            "lambda_images": lambda_images,
+            "fine_tokens": None if fine_tokens == "all" else fine_tokens,
+        }
         options.update({k: v for k, v in named.items() if v is not None})
     elif any(sparc_only.values()):
-        raise SparcEvalError(f"{next(k for k, v in sparc_only.items() if v)} applies only to --objective sparc, not {objective!r}")
+        raise SparcEvalError(
+            f"{next(k for k, v in sparc_only.items() if v)} applies only to --objective sparc, not {objective!r}"
+        )
     cfg = TrainConfig(
-        data=str(data), out=str(out), arch=arch, objective=objective, objective_options=options, steps=steps,
-        batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
-        bf16=bf16, save_every=save_every, log_every=log_every, resume=resume, device=device,
+        data=str(data),
+        out=str(out),
+        arch=arch,
+        objective=objective,
+        objective_options=options,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup=warmup,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        seed=seed,
+        bf16=bf16,
+        save_every=save_every,
+        log_every=log_every,
+        resume=resume,
+        device=device,
     )
     started = time.perf_counter()
     path = train(cfg)
@@ -191,7 +260,9 @@ def train_cmd(
         import json
 
         last = json.loads((path / LOG_FILE).read_text(encoding="utf-8").splitlines()[-1])
-        parts = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "global", "fine", "fine_matched", "fine_mismatched") if k in last)
+        parts = ", ".join(
+            f"{k} {last[k]:.4f}" for k in ("loss", "global", "fine", "fine_matched", "fine_mismatched") if k in last
+        )
         console.print(f"wrote {path} in {time.perf_counter() - started:.0f}s; step {last['step']}: {parts}", highlight=False)
 
 
@@ -238,11 +309,20 @@ def tasks_list(json_out: bool = typer.Option(False, "--json", help="Print JSON i
 
 @app.command("run")
 def run(
-    task: List[str] = typer.Option(..., "--task", "-t", help="Task card name or path; repeat for several."),
-    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: a sparc-eval checkpoint folder, a checkpoint card (.yaml), openclip:ARCH, openclip:ARCH@FILE."),
+    task: list[str] = typer.Option(..., "--task", "-t", help="Task card name or path; repeat for several."),
+    ckpt: str = typer.Option(
+        ...,
+        "--ckpt",
+        help="Checkpoint: a sparc-eval checkpoint folder, a checkpoint card (.yaml), openclip:ARCH, openclip:ARCH@FILE.",
+    ),
     out: Path = typer.Option(Path("results"), "--out", help="Results folder."),
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", envvar="SPARC_EVAL_DATA", help="Where datasets live; SynthScenes is generated here on first use."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N samples."),
+    data_dir: Path = typer.Option(
+        Path("data"),
+        "--data-dir",
+        envvar="SPARC_EVAL_DATA",
+        help="Where datasets live; SynthScenes is generated here on first use.",
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N samples."),
     batch_size: int = typer.Option(64, "--batch-size", help="Batch size."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16 (autocast)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
@@ -265,8 +345,18 @@ def run(
 
     evaluations = [
         run_evaluation(
-            ckpt, name, out=out, data_dir=data_dir, limit=limit, batch_size=batch_size, precision=precision,
-            device=device, num_workers=num_workers, seed=seed, force=force, trust_pickle=trust_pickle,
+            ckpt,
+            name,
+            out=out,
+            data_dir=data_dir,
+            limit=limit,
+            batch_size=batch_size,
+            precision=precision,
+            device=device,
+            num_workers=num_workers,
+            seed=seed,
+            force=force,
+            trust_pickle=trust_pickle,
         )
         for name in task
     ]
@@ -283,8 +373,12 @@ def run(
             arrow = direction_arrow(metric.higher_is_better)
             first = i == 0
             table.add_row(
-                e.record.task["name"] if first else "", f"{name} {arrow}", value,
-                str(e.record.n_samples) if first else "", status if first else "", str(e.path) if first else "",
+                e.record.task["name"] if first else "",
+                f"{name} {arrow}",
+                value,
+                str(e.record.n_samples) if first else "",
+                status if first else "",
+                str(e.path) if first else "",
             )
     console.print(table)
 
@@ -319,9 +413,15 @@ def regress_cmd(
     results: Path = typer.Option(..., "--results", help="Folder of new result records to gate."),
     tolerance: float = typer.Option(0.0, "--tolerance", help="Absolute drop allowed before a metric is tested at all."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired test."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Paired bootstrap resamples (metrics without 0/1 per-sample outcomes)."),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", help="Paired bootstrap resamples (metrics without 0/1 per-sample outcomes)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    exact: bool = typer.Option(False, "--exact", help="Both folders replicate one deterministic run (CI's quickstart --fast): any drop beyond the tolerance fails, no paired test."),
+    exact: bool = typer.Option(
+        False,
+        "--exact",
+        help="Both folders replicate one deterministic run (CI's quickstart --fast): any drop beyond the tolerance fails, no paired test.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Regression gate: fail when a metric drops beyond the tolerance AND significantly, or a baseline task is missing or changed.
@@ -370,8 +470,12 @@ def leaderboard_build(
 @app.command("quickstart")
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Folder for checkpoints, results and the leaderboard."),
-    fast: bool = typer.Option(False, "--fast", help="Seconds-long smoke run: tiny data, a few steps, --limit; numbers meaningless."),
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", envvar="SPARC_EVAL_DATA", help="Where SynthScenes is generated (reused when present)."),
+    fast: bool = typer.Option(
+        False, "--fast", help="Seconds-long smoke run: tiny data, a few steps, --limit; numbers meaningless."
+    ),
+    data_dir: Path = typer.Option(
+        Path("data"), "--data-dir", envvar="SPARC_EVAL_DATA", help="Where SynthScenes is generated (reused when present)."
+    ),
 ) -> None:
     """The main job: generate SynthScenes, train tiny-clip and tiny-sparc (same data, steps, seed), score both on
     every synth-* task, print the comparison table and build the leaderboard. Under 10 minutes on 2 CPU cores.
@@ -399,7 +503,9 @@ app.add_typer(viz_app, name="viz")
 
 @viz_app.command("align")
 def viz_align(
-    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: a sparc-eval checkpoint folder, openclip:ARCH or openclip:ARCH@FILE."),
+    ckpt: str = typer.Option(
+        ..., "--ckpt", help="Checkpoint: a sparc-eval checkpoint folder, openclip:ARCH or openclip:ARCH@FILE."
+    ),
     image: Path = typer.Option(..., "--image", help="Image file; inside a SynthScenes tree the described objects are outlined."),
     caption: str = typer.Option(..., "--caption", help="Caption whose tokens are shown, one panel each."),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
@@ -428,11 +534,18 @@ def viz_align(
 
 @viz_app.command("seg")
 def viz_seg(
-    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: a sparc-eval checkpoint folder, openclip:ARCH or openclip:ARCH@FILE."),
+    ckpt: str = typer.Option(
+        ..., "--ckpt", help="Checkpoint: a sparc-eval checkpoint folder, openclip:ARCH or openclip:ARCH@FILE."
+    ),
     task: str = typer.Option(..., "--task", "-t", help="Segmentation task card name or path (e.g. synth-seg, voc-seg)."),
     n: int = typer.Option(8, "--n", help="Number of images (the first N of the evaluation split)."),
     out: Path = typer.Option(..., "--out", help="Folder for the PNGs (one per image)."),
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", envvar="SPARC_EVAL_DATA", help="Where datasets live; SynthScenes is generated here on first use."),
+    data_dir: Path = typer.Option(
+        Path("data"),
+        "--data-dir",
+        envvar="SPARC_EVAL_DATA",
+        help="Where datasets live; SynthScenes is generated here on first use.",
+    ),
     batch_size: int = typer.Option(16, "--batch-size", help="Batch size."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow checkpoint files that need code to unpickle."),
@@ -443,7 +556,9 @@ def viz_seg(
     """
     from sparc_eval.viz.seg import render_segmentation
 
-    for row in render_segmentation(ckpt, task, n, out, data_dir=data_dir, device=device, batch_size=batch_size, trust_pickle=trust_pickle):
+    for row in render_segmentation(
+        ckpt, task, n, out, data_dir=data_dir, device=device, batch_size=batch_size, trust_pickle=trust_pickle
+    ):
         miou = "n/a" if row["image_miou"] is None else f"{row['image_miou']:.1f}%"
         console.print(f"wrote {row['out']} (image mIoU {miou})", highlight=False)
 
@@ -453,9 +568,15 @@ def viz_seg(
 
 @app.command("kprecision")
 def kprecision_cmd(
-    pred: Path = typer.Option(..., "--pred", help="Captions to score, COCO results format: [{\"image_id\", \"caption\"}, ...]."),
-    refs: Path = typer.Option(..., "--refs", help="Reference captions, a COCO captions JSON ({\"annotations\": [{\"image_id\", \"caption\"}, ...]})."),
-    max_over_captions: bool = typer.Option(False, "--max-over-captions", help="Score against each reference caption alone and keep the best (default: all of an image's captions joined into one reference)."),
+    pred: Path = typer.Option(..., "--pred", help='Captions to score, COCO results format: [{"image_id", "caption"}, ...].'),
+    refs: Path = typer.Option(
+        ..., "--refs", help='Reference captions, a COCO captions JSON ({"annotations": [{"image_id", "caption"}, ...]}).'
+    ),
+    max_over_captions: bool = typer.Option(
+        False,
+        "--max-over-captions",
+        help="Score against each reference caption alone and keep the best (default: all of an image's captions joined into one reference).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Score any captioner's output: K-Precision, K-Pna (nouns and adjectives) and CIDEr-D, means over the predicted images.
@@ -484,7 +605,7 @@ def kprecision_cmd(
     console.print(f"references: {scores['info']['references']}", highlight=False)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning SparcEvalError into one line and exit code 2."""
     try:
         # Without standalone mode click returns a typer.Exit's code instead of exiting.

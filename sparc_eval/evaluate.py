@@ -30,6 +30,8 @@ from sparc_eval.tasks.runner import RunContext, get_runner, seed_everything
 
 DEFAULT_RESULTS_DIR = Path("results")
 DEFAULT_DATA_DIR = Path("data")
+
+
 def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
@@ -135,8 +137,7 @@ def run_evaluation(
         },
         checkpoint={"ref": ckpt, **described},
         metrics={
-            name: MetricValue(clean_metric(output.metrics.get(name)), higher)
-            for name, higher in runner_cls.metrics.items()
+            name: MetricValue(clean_metric(output.metrics.get(name)), higher) for name, higher in runner_cls.metrics.items()
         },
         n_samples=output.n_samples,
         samples_file=artifact_path(path, "samples.jsonl").name,

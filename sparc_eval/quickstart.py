@@ -16,8 +16,8 @@ from typing import Any
 
 from rich.console import Console
 
-from sparc_eval.evaluate import DEFAULT_DATA_DIR, run_evaluation
 from sparc_eval.checkpoint_cards import ensure_checkpoint, load_checkpoint_card
+from sparc_eval.evaluate import DEFAULT_DATA_DIR, run_evaluation
 from sparc_eval.results.leaderboard import build_leaderboard
 from sparc_eval.results.table import build_table, render_rich
 from sparc_eval.tasks.card import list_card_paths, load_card, write_card_variant
@@ -60,12 +60,17 @@ def synth_task_cards(out: Path, profile: Profile) -> list[Path]:
     if profile.synthscenes is None and not profile.task_params:
         return paths
     note = "on quickstart --fast's tiny SynthScenes tree (smoke run only)."
-    return [write_card_variant(path, out / "tasks" / path.name, f"{path.name} {note}", params=profile.task_params,
-                               synthscenes=profile.synthscenes) for path in paths]
+    return [
+        write_card_variant(
+            path, out / "tasks" / path.name, f"{path.name} {note}", params=profile.task_params, synthscenes=profile.synthscenes
+        )
+        for path in paths
+    ]
 
 
-def run_quickstart(out: str | Path, *, fast: bool = False, data_dir: str | Path = DEFAULT_DATA_DIR,
-                   console: Console | None = None) -> QuickstartResult:
+def run_quickstart(
+    out: str | Path, *, fast: bool = False, data_dir: str | Path = DEFAULT_DATA_DIR, console: Console | None = None
+) -> QuickstartResult:
     console = console or Console()
     profile = FAST if fast else FULL
     out, data_dir = Path(out), Path(data_dir)
@@ -90,13 +95,20 @@ def run_quickstart(out: str | Path, *, fast: bool = False, data_dir: str | Path 
         console.rule(f"task {card.name}")
         for name, folder in checkpoints.items():
             evaluation = run_evaluation(str(folder), task, out=results_dir, data_dir=data_dir, limit=profile.limit)
-            shown = ", ".join(f"{k} {'n/a' if m.value is None else f'{m.value:.4g}'}" for k, m in evaluation.record.metrics.items())
+            shown = ", ".join(
+                f"{k} {'n/a' if m.value is None else f'{m.value:.4g}'}" for k, m in evaluation.record.metrics.items()
+            )
             console.print(f"{name}: {shown}{' (reused)' if evaluation.reused else ''}", highlight=False)
         seconds[f"task {card.name}"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    console.print(render_rich(build_table(results_dir, layout="paper"), title="tiny-clip vs tiny-sparc on SynthScenes"
-                              + (" (--fast: smoke run, numbers meaningless)" if fast else ""), width=console.width))
+    console.print(
+        render_rich(
+            build_table(results_dir, layout="paper"),
+            title="tiny-clip vs tiny-sparc on SynthScenes" + (" (--fast: smoke run, numbers meaningless)" if fast else ""),
+            width=console.width,
+        )
+    )
     leaderboard = build_leaderboard(results_dir, out / "leaderboard")
     seconds["table + leaderboard"] = time.perf_counter() - start
     return QuickstartResult(out, results_dir, leaderboard, checkpoints, seconds)

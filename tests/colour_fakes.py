@@ -76,16 +76,32 @@ def write_karpathy(root: Path, entries: list[tuple[str, list[str]]], split: str 
     images = []
     for n, (colour, captions) in enumerate(entries):
         solid(colour).save(root / "images" / f"{n:03d}.png")
-        images.append({"filepath": "images", "filename": f"{n:03d}.png", "imgid": n, "cocoid": 100 + n, "split": split,
-                       "sentences": [{"raw": c, "tokens": c.split(), "imgid": n, "sentid": 10 * n + j} for j, c in enumerate(captions)]})
+        images.append(
+            {
+                "filepath": "images",
+                "filename": f"{n:03d}.png",
+                "imgid": n,
+                "cocoid": 100 + n,
+                "split": split,
+                "sentences": [{"raw": c, "tokens": c.split(), "imgid": n, "sentid": 10 * n + j} for j, c in enumerate(captions)],
+            }
+        )
     (root / "dataset_test.json").write_text(json.dumps({"images": images}))
     return root
 
 
 def make_ctx(tmp_path: Path, *, batch_size: int = 4, limit: int | None = None, precision: str = "fp32") -> RunContext:
     return RunContext(
-        device=torch.device("cpu"), batch_size=batch_size, precision=precision, limit=limit, num_workers=0, seed=0,
-        data_dir=tmp_path, work_dir=tmp_path / "results", record_stem="test", cache_dir=tmp_path / "cache",
+        device=torch.device("cpu"),
+        batch_size=batch_size,
+        precision=precision,
+        limit=limit,
+        num_workers=0,
+        seed=0,
+        data_dir=tmp_path,
+        work_dir=tmp_path / "results",
+        record_stem="test",
+        cache_dir=tmp_path / "cache",
     )
 
 

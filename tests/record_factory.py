@@ -34,8 +34,14 @@ def write_run(
     samples = samples if samples is not None else [{"id": i} for i in range(4)]
     path = record_path(results_dir, ckpt_sha, task, card_sha, limit)
     record = ResultRecord(
-        task={"name": task, "version": version, "card_sha256": card_sha, "runner": runner,
-              "card_path": card_path, "description": ""},
+        task={
+            "name": task,
+            "version": version,
+            "card_sha256": card_sha,
+            "runner": runner,
+            "card_path": card_path,
+            "description": "",
+        },
         checkpoint={"ref": f"runs/{ckpt}", "sha256": ckpt_sha, "source": "sparc-eval", "arch": "tiny"},
         metrics={name: MetricValue(value, higher) for name, (value, higher) in metrics.items()},
         n_samples=len(samples),

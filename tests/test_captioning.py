@@ -95,8 +95,16 @@ def test_rerun_reuses_the_fitted_captioner(small_run, tiny_sparc_ckpt):
 def _runner(card_path: Path, work: Path, seed: int = 0) -> CaptioningRunner:
     card = load_card(card_path)
     ctx = RunContext(
-        device=torch.device("cpu"), batch_size=16, precision="fp32", limit=None, num_workers=0, seed=seed,
-        data_dir=work, work_dir=work, record_stem="rec", cache_dir=work / "cache",
+        device=torch.device("cpu"),
+        batch_size=16,
+        precision="fp32",
+        limit=None,
+        num_workers=0,
+        seed=seed,
+        data_dir=work,
+        work_dir=work,
+        record_stem="rec",
+        cache_dir=work / "cache",
     )
     return CaptioningRunner(card, validate_params(CaptioningRunner.Params, card.params, card), ctx)
 
@@ -139,7 +147,16 @@ def test_captioner_beats_the_most_frequent_training_caption(tmp_path, synth_root
 
     # The synth-kprecision captioner, 40 epochs x 6 steps of 16 images (all 5 captions each) on the 96 training
     # images; with 20 epochs it was still level with the fixed caption on some seeds.
-    params = {"width": 128, "heads": 4, "latents": 16, "resampler_layers": 1, "decoder_layers": 2, "epochs": 40, "batch_size": 16, "lr": 1e-3}
+    params = {
+        "width": 128,
+        "heads": 4,
+        "latents": 16,
+        "resampler_layers": 1,
+        "decoder_layers": 2,
+        "epochs": 40,
+        "batch_size": 16,
+        "lr": 1e-3,
+    }
     record = run_evaluation(str(tiny_sparc_ckpt), _card_file(tmp_path, synth_root, **params), out=tmp_path / "results").record
 
     train, test = _split(synth_root, "train"), _split(synth_root, "test")

@@ -22,8 +22,13 @@ FIVE = ["red", "green", "blue", "white", "grey"]
 
 
 def _card(root, **params) -> dict:
-    return {"name": "colours", "version": 1, "runner": "classification",
-            "dataset": {"format": "imagefolder", "root": str(root), "split": "val"}, "params": params}
+    return {
+        "name": "colours",
+        "version": 1,
+        "runner": "classification",
+        "dataset": {"format": "imagefolder", "root": str(root), "split": "val"},
+        "params": params,
+    }
 
 
 # --------------------------------------------------------------------------------------------- prompts

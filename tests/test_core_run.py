@@ -40,8 +40,18 @@ def _check_record(path: Path, task: str, ckpt_ref: str) -> None:
 
 def test_run_two_tasks_then_reuse_then_force_json(tiny_sparc_ckpt, synth_data_dir, tmp_path):
     out = tmp_path / "results"
-    args = ["run", *[a for t in TASKS for a in ("--task", t)], "--ckpt", tiny_sparc_ckpt, "--data-dir", synth_data_dir,
-            "--out", out, "--limit", "8"]
+    args = [
+        "run",
+        *[a for t in TASKS for a in ("--task", t)],
+        "--ckpt",
+        tiny_sparc_ckpt,
+        "--data-dir",
+        synth_data_dir,
+        "--out",
+        out,
+        "--limit",
+        "8",
+    ]
     first = run_cli(*args)
     assert first.code == 0, first.stderr
     for needle in (*TASKS, "top1", "mean_per_class_recall", "i2t_r1", "t2i_r10"):
@@ -76,8 +86,21 @@ def test_open_clip_weights_file_end_to_end(synth_data_dir, tmp_path):
     torch.save(open_clip.create_model("ViT-S-32-alt", pretrained=None).state_dict(), weights)
     ref = f"openclip:ViT-S-32-alt@{weights}"
     out = tmp_path / "results"
-    result = run_cli("run", "--task", "synth-retrieval", "--ckpt", ref, "--data-dir", synth_data_dir, "--out", out,
-                     "--limit", "4", "--precision", "bf16")
+    result = run_cli(
+        "run",
+        "--task",
+        "synth-retrieval",
+        "--ckpt",
+        ref,
+        "--data-dir",
+        synth_data_dir,
+        "--out",
+        out,
+        "--limit",
+        "4",
+        "--precision",
+        "bf16",
+    )
     assert result.code == 0, result.stderr
     (path,) = _records(out).values()
     record = load_record(path)
@@ -98,15 +121,21 @@ def test_missing_checkpoint(synth_data_dir, tmp_path):
 
 
 def test_missing_dataset_root(tiny_sparc_ckpt, tmp_path):
-    result = run_cli("run", "--task", "coco-retrieval", "--ckpt", tiny_sparc_ckpt, "--data-dir", tmp_path / "data", "--out", tmp_path / "out")
+    result = run_cli(
+        "run", "--task", "coco-retrieval", "--ckpt", tiny_sparc_ckpt, "--data-dir", tmp_path / "data", "--out", tmp_path / "out"
+    )
     assert_one_line_error(result, str(tmp_path / "data" / "coco"), "does not exist")
     assert not list((tmp_path / "out").rglob("*.json*"))
 
 
 def test_classname_file_that_does_not_match_the_folders(tiny_sparc_ckpt, tmp_path):
     root = write_imagefolder(tmp_path / "ds", "val", {"red": ["red"], "teal": ["blue"]}, ["red", "blue"])
-    card = {"name": "mismatch", "version": 1, "runner": "classification",
-            "dataset": {"format": "imagefolder", "root": str(root), "split": "val"}}
+    card = {
+        "name": "mismatch",
+        "version": 1,
+        "runner": "classification",
+        "dataset": {"format": "imagefolder", "root": str(root), "split": "val"},
+    }
     (tmp_path / "mismatch.yaml").write_text(yaml.safe_dump(card))
     result = run_cli("run", "--task", tmp_path / "mismatch.yaml", "--ckpt", tiny_sparc_ckpt, "--out", tmp_path / "out")
     assert_one_line_error(result, str(root / "val" / "teal"), str(root / "classnames.txt"))

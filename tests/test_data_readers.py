@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 from PIL import Image
 
-from conftest import assert_one_line_error, run_cli
 from sparc_eval.data.registry import open_dataset
 from sparc_eval.data.voc import CONTEXT59_CLASSES, VOC_CLASSES
 from sparc_eval.errors import SparcEvalError
@@ -52,22 +52,68 @@ def build_real(root: Path) -> Path:
     _jpg(coco / "val2017/000000000139.jpg", 40, 30, 1)
     _jpg(coco / "val2017/000000000285.jpg", 32, 48, 2)
     images = [
-        {"license": 2, "file_name": "000000000139.jpg", "coco_url": "http://images.cocodataset.org/val2017/000000000139.jpg", "height": 30, "width": 40, "date_captured": "2013-11-21 01:34:01", "id": 139},
-        {"license": 1, "file_name": "000000000285.jpg", "coco_url": "http://images.cocodataset.org/val2017/000000000285.jpg", "height": 48, "width": 32, "date_captured": "2013-11-18 22:48:05", "id": 285},
+        {
+            "license": 2,
+            "file_name": "000000000139.jpg",
+            "coco_url": "http://images.cocodataset.org/val2017/000000000139.jpg",
+            "height": 30,
+            "width": 40,
+            "date_captured": "2013-11-21 01:34:01",
+            "id": 139,
+        },
+        {
+            "license": 1,
+            "file_name": "000000000285.jpg",
+            "coco_url": "http://images.cocodataset.org/val2017/000000000285.jpg",
+            "height": 48,
+            "width": 32,
+            "date_captured": "2013-11-18 22:48:05",
+            "id": 285,
+        },
     ]
     categories = [{"supercategory": "person", "id": 1, "name": "person"}, {"supercategory": "animal", "id": 18, "name": "dog"}]
-    _dump(coco / "annotations/instances_val2017.json", {
-        "info": {"year": 2017}, "licenses": [], "images": images, "categories": categories,
-        "annotations": [
-            {"segmentation": [[2.0, 3.0, 12.0, 3.0, 12.0, 11.0, 2.0, 11.0]], "area": 80.0, "iscrowd": 0, "image_id": 139, "bbox": [2.0, 3.0, 10.0, 8.0], "category_id": 1, "id": 1},
-            {"segmentation": _uncompressed_rle(CROWD), "area": 110.0, "iscrowd": 1, "image_id": 139, "bbox": [20.0, 15.0, 11.0, 10.0], "category_id": 18, "id": 900100000139},
-        ],
-    })
-    _dump(coco / "annotations/captions_val2017.json", {
-        "info": {}, "licenses": [], "images": images,
-        "annotations": [{"image_id": 139, "id": 1, "caption": "A woman stands in the kitchen. "}, {"image_id": 139, "id": 2, "caption": "A dog by a table."},
-                        {"image_id": 285, "id": 3, "caption": "A big brown bear.\n"}],
-    })
+    _dump(
+        coco / "annotations/instances_val2017.json",
+        {
+            "info": {"year": 2017},
+            "licenses": [],
+            "images": images,
+            "categories": categories,
+            "annotations": [
+                {
+                    "segmentation": [[2.0, 3.0, 12.0, 3.0, 12.0, 11.0, 2.0, 11.0]],
+                    "area": 80.0,
+                    "iscrowd": 0,
+                    "image_id": 139,
+                    "bbox": [2.0, 3.0, 10.0, 8.0],
+                    "category_id": 1,
+                    "id": 1,
+                },
+                {
+                    "segmentation": _uncompressed_rle(CROWD),
+                    "area": 110.0,
+                    "iscrowd": 1,
+                    "image_id": 139,
+                    "bbox": [20.0, 15.0, 11.0, 10.0],
+                    "category_id": 18,
+                    "id": 900100000139,
+                },
+            ],
+        },
+    )
+    _dump(
+        coco / "annotations/captions_val2017.json",
+        {
+            "info": {},
+            "licenses": [],
+            "images": images,
+            "annotations": [
+                {"image_id": 139, "id": 1, "caption": "A woman stands in the kitchen. "},
+                {"image_id": 139, "id": 2, "caption": "A dog by a table."},
+                {"image_id": 285, "id": 3, "caption": "A big brown bear.\n"},
+            ],
+        },
+    )
     # Karpathy COCO: filepath per image, splits train / restval / val / test, raw captions with trailing space
     _jpg(coco / "train2014/COCO_train2014_000000000009.jpg", 20, 20, 3)
     _jpg(coco / "val2014/COCO_val2014_000000000042.jpg", 20, 20, 4)
@@ -76,44 +122,138 @@ def build_real(root: Path) -> Path:
 
     def entry(i, fp, name, split, cocoid, n=5):
         sents = [{"tokens": ["a", "cat"], "raw": f"A cat number {k}. ", "imgid": i, "sentid": i * 10 + k} for k in range(n)]
-        return {"filepath": fp, "sentids": [s["sentid"] for s in sents], "filename": name, "imgid": i, "split": split, "sentences": sents, "cocoid": cocoid}
+        return {
+            "filepath": fp,
+            "sentids": [s["sentid"] for s in sents],
+            "filename": name,
+            "imgid": i,
+            "split": split,
+            "sentences": sents,
+            "cocoid": cocoid,
+        }
 
-    _dump(coco / "dataset_coco.json", {"dataset": "coco", "images": [
-        entry(0, "train2014", "COCO_train2014_000000000009.jpg", "train", 9),
-        entry(1, "val2014", "COCO_val2014_000000000042.jpg", "restval", 42, n=6),
-        entry(2, "val2014", "COCO_val2014_000000000073.jpg", "val", 73),
-        entry(3, "val2014", "COCO_val2014_000000000074.jpg", "test", 74),
-    ]})
+    _dump(
+        coco / "dataset_coco.json",
+        {
+            "dataset": "coco",
+            "images": [
+                entry(0, "train2014", "COCO_train2014_000000000009.jpg", "train", 9),
+                entry(1, "val2014", "COCO_val2014_000000000042.jpg", "restval", 42, n=6),
+                entry(2, "val2014", "COCO_val2014_000000000073.jpg", "val", 73),
+                entry(3, "val2014", "COCO_val2014_000000000074.jpg", "test", 74),
+            ],
+        },
+    )
     # Karpathy Flickr30k: no filepath, images in flickr30k-images/
     flickr = root / "flickr30k"
     _jpg(flickr / "flickr30k-images/1000092795.jpg", 24, 16, 7)
     _jpg(flickr / "flickr30k-images/10002456.jpg", 24, 16, 8)
-    _dump(flickr / "dataset_flickr30k.json", {"dataset": "flickr30k", "images": [
-        {"sentids": [0, 1], "imgid": 0, "sentences": [{"tokens": ["two", "men"], "raw": "Two young guys with shaggy hair.", "imgid": 0, "sentid": 0},
-                                                       {"tokens": ["two", "men"], "raw": "Two friends enjoy time outside.", "imgid": 0, "sentid": 1}],
-         "split": "test", "filename": "1000092795.jpg"},
-        {"sentids": [2], "imgid": 1, "sentences": [{"tokens": ["workers"], "raw": "Several men in hard hats.", "imgid": 1, "sentid": 2}],
-         "split": "train", "filename": "10002456.jpg"},
-    ]})
+    _dump(
+        flickr / "dataset_flickr30k.json",
+        {
+            "dataset": "flickr30k",
+            "images": [
+                {
+                    "sentids": [0, 1],
+                    "imgid": 0,
+                    "sentences": [
+                        {"tokens": ["two", "men"], "raw": "Two young guys with shaggy hair.", "imgid": 0, "sentid": 0},
+                        {"tokens": ["two", "men"], "raw": "Two friends enjoy time outside.", "imgid": 0, "sentid": 1},
+                    ],
+                    "split": "test",
+                    "filename": "1000092795.jpg",
+                },
+                {
+                    "sentids": [2],
+                    "imgid": 1,
+                    "sentences": [{"tokens": ["workers"], "raw": "Several men in hard hats.", "imgid": 1, "sentid": 2}],
+                    "split": "train",
+                    "filename": "10002456.jpg",
+                },
+            ],
+        },
+    )
     # LVIS v1: coco_url only, federated neg / not-exhaustive ids, polygons, no iscrowd, category frequency
-    _dump(root / "lvis/lvis_v1_val.json", {
-        "info": {}, "licenses": [],
-        "images": [
-            {"date_captured": "2013-11-21", "neg_category_ids": [3], "id": 139, "license": 2, "height": 30, "width": 40,
-             "flickr_url": "http://farm9.staticflickr.com/x.jpg", "coco_url": "http://images.cocodataset.org/val2017/000000000139.jpg", "not_exhaustive_category_ids": [2]},
-            {"date_captured": "2013-11-18", "neg_category_ids": [], "id": 285, "license": 1, "height": 48, "width": 32,
-             "coco_url": "http://images.cocodataset.org/train2017/000000000285.jpg", "not_exhaustive_category_ids": []},
-        ],
-        "annotations": [
-            {"area": 80.0, "id": 1, "segmentation": [[2.0, 3.0, 12.0, 3.0, 12.0, 11.0, 2.0, 11.0]], "image_id": 139, "bbox": [2.0, 3.0, 10.0, 8.0], "category_id": 1},
-            {"area": 50.0, "id": 2, "segmentation": [[5.0, 5.0, 15.0, 5.0, 15.0, 10.0, 5.0, 10.0]], "image_id": 285, "bbox": [5.0, 5.0, 10.0, 5.0], "category_id": 2},
-        ],
-        "categories": [
-            {"frequency": "f", "id": 1, "synset": "aerosol.n.02", "synonyms": ["aerosol_can"], "def": "a can", "name": "aerosol_can", "image_count": 64, "instance_count": 109},
-            {"frequency": "c", "id": 2, "synset": "air_conditioner.n.01", "synonyms": ["air_conditioner"], "def": "x", "name": "air_conditioner", "image_count": 50, "instance_count": 70},
-            {"frequency": "r", "id": 3, "synset": "armor.n.01", "synonyms": ["armor"], "def": "y", "name": "armor", "image_count": 2, "instance_count": 2},
-        ],
-    })
+    _dump(
+        root / "lvis/lvis_v1_val.json",
+        {
+            "info": {},
+            "licenses": [],
+            "images": [
+                {
+                    "date_captured": "2013-11-21",
+                    "neg_category_ids": [3],
+                    "id": 139,
+                    "license": 2,
+                    "height": 30,
+                    "width": 40,
+                    "flickr_url": "http://farm9.staticflickr.com/x.jpg",
+                    "coco_url": "http://images.cocodataset.org/val2017/000000000139.jpg",
+                    "not_exhaustive_category_ids": [2],
+                },
+                {
+                    "date_captured": "2013-11-18",
+                    "neg_category_ids": [],
+                    "id": 285,
+                    "license": 1,
+                    "height": 48,
+                    "width": 32,
+                    "coco_url": "http://images.cocodataset.org/train2017/000000000285.jpg",
+                    "not_exhaustive_category_ids": [],
+                },
+            ],
+            "annotations": [
+                {
+                    "area": 80.0,
+                    "id": 1,
+                    "segmentation": [[2.0, 3.0, 12.0, 3.0, 12.0, 11.0, 2.0, 11.0]],
+                    "image_id": 139,
+                    "bbox": [2.0, 3.0, 10.0, 8.0],
+                    "category_id": 1,
+                },
+                {
+                    "area": 50.0,
+                    "id": 2,
+                    "segmentation": [[5.0, 5.0, 15.0, 5.0, 15.0, 10.0, 5.0, 10.0]],
+                    "image_id": 285,
+                    "bbox": [5.0, 5.0, 10.0, 5.0],
+                    "category_id": 2,
+                },
+            ],
+            "categories": [
+                {
+                    "frequency": "f",
+                    "id": 1,
+                    "synset": "aerosol.n.02",
+                    "synonyms": ["aerosol_can"],
+                    "def": "a can",
+                    "name": "aerosol_can",
+                    "image_count": 64,
+                    "instance_count": 109,
+                },
+                {
+                    "frequency": "c",
+                    "id": 2,
+                    "synset": "air_conditioner.n.01",
+                    "synonyms": ["air_conditioner"],
+                    "def": "x",
+                    "name": "air_conditioner",
+                    "image_count": 50,
+                    "instance_count": 70,
+                },
+                {
+                    "frequency": "r",
+                    "id": 3,
+                    "synset": "armor.n.01",
+                    "synonyms": ["armor"],
+                    "def": "y",
+                    "name": "armor",
+                    "image_count": 2,
+                    "instance_count": 2,
+                },
+            ],
+        },
+    )
     # VOC2012: palette PNG labels with 255 borders
     voc = root / "VOCdevkit/VOC2012"
     for n, stem in enumerate(("2007_000032", "2007_000033")):
@@ -145,7 +285,8 @@ def build_real(root: Path) -> Path:
     pairs = root / "pairs"
     _jpg(pairs / "img/a.jpg", 8, 8, 40)
     pairs.joinpath("train.csv").write_text(
-        'image,caption\nimg/a.jpg,"a dog, running"\n' + f'{pairs / "img/a.jpg"},"she said ""hi"""\n')
+        'image,caption\nimg/a.jpg,"a dog, running"\n' + f'{pairs / "img/a.jpg"},"she said ""hi"""\n'
+    )
     pairs.joinpath("val.jsonl").write_text(json.dumps({"image": "img/a.jpg", "caption": "one"}) + "\n")
     return root
 
@@ -159,7 +300,9 @@ def real(tmp_path_factory) -> Path:
 
 
 def test_coco_instances_real_layout(real):
-    ds = open_dataset("coco-instances", real / "coco/val2017", "val2017", annotation="../annotations/instances_{split}.json", masks=True)
+    ds = open_dataset(
+        "coco-instances", real / "coco/val2017", "val2017", annotation="../annotations/instances_{split}.json", masks=True
+    )
     assert len(ds) == 2 and ds.image_ids == [139, 285] and [c["name"] for c in ds.categories] == ["person", "dog"]
     item = ds[0]
     assert isinstance(item["image"], Image.Image) and item["image"].mode == "RGB" and item["image"].size == (40, 30)
@@ -174,8 +317,13 @@ def test_coco_instances_real_layout(real):
 
 
 def test_coco_captions_real_layout(real):
-    ds = open_dataset("coco-captions", real / "coco/val2017", "val2017", annotation=str(real / "coco/annotations/captions_val2017.json"))
-    assert [ds[i]["captions"] for i in range(2)] == [["A woman stands in the kitchen.", "A dog by a table."], ["A big brown bear."]]
+    ds = open_dataset(
+        "coco-captions", real / "coco/val2017", "val2017", annotation=str(real / "coco/annotations/captions_val2017.json")
+    )
+    assert [ds[i]["captions"] for i in range(2)] == [
+        ["A woman stands in the kitchen.", "A dog by a table."],
+        ["A big brown bear."],
+    ]
     assert ds[0]["image_id"] == 139 and ds.captions_per_image == 1
 
 
@@ -254,7 +402,9 @@ def test_every_reader_on_synthscenes(synth_root):
     assert len(inst) == 32 and {c["frequency"] for c in inst.categories} == {"r", "c", "f"}
     item = inst[0]
     objects = scenes[item["image_id"]]["objects"]
-    assert item["boxes"].tolist() == [o["bbox"] for o in objects] and item["masks"].sum((1, 2)).tolist() == [o["area"] for o in objects]
+    assert item["boxes"].tolist() == [o["bbox"] for o in objects] and item["masks"].sum((1, 2)).tolist() == [
+        o["area"] for o in objects
+    ]
 
     lvis = open_dataset("lvis", synth_root / "images", "test", annotation=ann.format(kind="instances"))
     assert len(lvis) == 32 and len(lvis[0]["neg_category_ids"]) == 36 - len(set(lvis[0]["category_ids"].tolist()))
@@ -262,7 +412,11 @@ def test_every_reader_on_synthscenes(synth_root):
     caps = open_dataset("coco-captions", synth_root / "images", "test", annotation=ann.format(kind="captions"))
     kp = open_dataset("karpathy", synth_root, "test", annotation="karpathy/dataset_synthscenes.json")
     assert caps.captions_per_image == kp.captions_per_image == 5 and len(kp) == 32
-    assert [kp[i]["captions"] for i in range(3)] == [caps[i]["captions"] for i in range(3)] == [[c["text"] for c in scenes[129 + i]["captions"]] for i in range(3)]
+    assert (
+        [kp[i]["captions"] for i in range(3)]
+        == [caps[i]["captions"] for i in range(3)]
+        == [[c["text"] for c in scenes[129 + i]["captions"]] for i in range(3)]
+    )
     assert len(open_dataset("karpathy", synth_root, "train", annotation="karpathy/dataset_synthscenes.json")) == 96
 
     voc = open_dataset("voc", synth_root / "VOCdevkit/SynthScenes", "train", classnames="classnames.txt")
@@ -277,12 +431,26 @@ def test_every_reader_on_synthscenes(synth_root):
 
     pairs = open_dataset("pairs", synth_root / "pairs", "train")
     assert len(pairs) == 96 * 5 and pairs.captions[:5] == [c["text"] for c in scenes[1]["captions"]]
-    assert open_dataset("pairs", synth_root / "pairs/val.csv", "val").captions == open_dataset("pairs", synth_root / "pairs", "val").captions
+    assert (
+        open_dataset("pairs", synth_root / "pairs/val.csv", "val").captions
+        == open_dataset("pairs", synth_root / "pairs", "val").captions
+    )
 
 
 def test_data_inspect_reads_every_item(synth_root):
-    result = run_cli("data", "inspect", "coco-instances", synth_root / "images", "--split", "train", "-o",
-                     "annotation=../coco/annotations/instances_{split}.json", "-o", "masks=true", "--json")
+    result = run_cli(
+        "data",
+        "inspect",
+        "coco-instances",
+        synth_root / "images",
+        "--split",
+        "train",
+        "-o",
+        "annotation=../coco/annotations/instances_{split}.json",
+        "-o",
+        "masks=true",
+        "--json",
+    )
     assert result.code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["items"] == summary["items_read"] == 96 and summary["item"]["masks"].startswith("Tensor[")
@@ -298,7 +466,14 @@ def _write_png(path: Path, array: np.ndarray, mode: str = "P") -> None:
 
 def _break(root: Path, case: str) -> tuple[list, tuple[str, ...]]:
     """Damage a fresh real-layout tree for one case; return (CLI args, words the one-line error must contain)."""
-    coco_inst = ["coco-instances", root / "coco/val2017", "--split", "val2017", "-o", "annotation=../annotations/instances_{split}.json"]
+    coco_inst = [
+        "coco-instances",
+        root / "coco/val2017",
+        "--split",
+        "val2017",
+        "-o",
+        "annotation=../annotations/instances_{split}.json",
+    ]
     voc = ["voc", root / "VOCdevkit/VOC2012", "--split", "val"]
     if case == "missing root":
         return ["voc", root / "VOCdevkit/VOC2099"], ("VOC2099", "does not exist")
@@ -320,7 +495,16 @@ def _break(root: Path, case: str) -> tuple[list, tuple[str, ...]]:
         return coco_inst, ("000000000139.jpg", "instances_val2017.json")
     if case == "karpathy points at missing image":
         (root / "flickr30k/flickr30k-images/1000092795.jpg").unlink()
-        return ["karpathy", root / "flickr30k", "--split", "test", "-o", "annotation=dataset_flickr30k.json", "-o", "images_dir=flickr30k-images"], ("1000092795.jpg",)
+        return [
+            "karpathy",
+            root / "flickr30k",
+            "--split",
+            "test",
+            "-o",
+            "annotation=dataset_flickr30k.json",
+            "-o",
+            "images_dir=flickr30k-images",
+        ], ("1000092795.jpg",)
     if case in ("annotation points at unlisted image", "category outside range"):
         path = root / "coco/annotations/instances_val2017.json"
         data = json.loads(path.read_text())
@@ -348,7 +532,10 @@ def _break(root: Path, case: str) -> tuple[list, tuple[str, ...]]:
         (root / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").write_text("\n")
         return voc, ("val.txt", "no images")
     if case == "empty karpathy split":
-        return ["karpathy", root / "flickr30k", "--split", "val", "-o", "annotation=dataset_flickr30k.json"], ("dataset_flickr30k.json", "no images")
+        return ["karpathy", root / "flickr30k", "--split", "val", "-o", "annotation=dataset_flickr30k.json"], (
+            "dataset_flickr30k.json",
+            "no images",
+        )
     if case == "class folder not in class file":
         (root / "imagenet/val/n99999999").mkdir()
         return ["imagefolder", root / "imagenet", "--split", "val"], ("n99999999", "classnames.txt")
@@ -365,19 +552,41 @@ def _break(root: Path, case: str) -> tuple[list, tuple[str, ...]]:
 
 
 CASES = [
-    "missing root", "missing split file", "missing split folder", "missing annotation file", "missing annotation option",
-    "unknown option", "image does not decode", "annotation points at missing image", "karpathy points at missing image",
-    "annotation points at unlisted image", "category outside range", "label outside class range", "context label outside range",
-    "label size differs", "label is RGB", "empty split", "empty karpathy split", "class folder not in class file",
-    "pairs without caption column", "pairs image missing", "not JSON",
+    "missing root",
+    "missing split file",
+    "missing split folder",
+    "missing annotation file",
+    "missing annotation option",
+    "unknown option",
+    "image does not decode",
+    "annotation points at missing image",
+    "karpathy points at missing image",
+    "annotation points at unlisted image",
+    "category outside range",
+    "label outside class range",
+    "context label outside range",
+    "label size differs",
+    "label is RGB",
+    "empty split",
+    "empty karpathy split",
+    "class folder not in class file",
+    "pairs without caption column",
+    "pairs image missing",
+    "not JSON",
 ]
 
 
 # The CLI costs a fresh process (a torch import) per call: the brief's core cases go through it, and every
 # case (those included) also goes through the same reader call in-process.
 CLI_CASES = [
-    "missing root", "missing split file", "missing annotation file", "image does not decode",
-    "annotation points at missing image", "label outside class range", "empty split", "class folder not in class file",
+    "missing root",
+    "missing split file",
+    "missing annotation file",
+    "image does not decode",
+    "annotation points at missing image",
+    "label outside class range",
+    "empty split",
+    "class folder not in class file",
 ]
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_cli
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from conftest import assert_one_line_error, run_cli
 from sparc_eval.data import synth
 from sparc_eval.data.manifest import check_tree
 from sparc_eval.data.synth import generate_synthscenes
@@ -44,7 +44,13 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path):
 def test_manifest_lists_every_file_with_its_md5(synth_root):
     manifest = _json(synth_root / "MANIFEST.json")
     assert manifest["generator"] == "synthscenes" and manifest["generator_version"] == 1
-    assert (manifest["seed"], manifest["n_train"], manifest["n_val"], manifest["n_test"], manifest["image_size"]) == (0, 96, 32, 32, 64)
+    assert (manifest["seed"], manifest["n_train"], manifest["n_val"], manifest["n_test"], manifest["image_size"]) == (
+        0,
+        96,
+        32,
+        32,
+        64,
+    )
     assert len(manifest["shapes"]) >= 6 and len(manifest["colours"]) >= 6 and manifest["sizes"] == ["small", "large"]
     on_disk = {p.relative_to(synth_root).as_posix() for p in synth_root.rglob("*") if p.is_file()} - {"MANIFEST.json"}
     assert set(manifest["files"]) == on_disk
@@ -147,7 +153,9 @@ def test_voc_masks_agree_with_instance_masks(synth_root):
             assert Image.open(voc / f"JPEGImages/{stem}.jpg").size == (64, 64)
             expected = np.zeros((64, 64), np.uint8)
             for ann in sorted(coco.loadAnns(coco.getAnnIds(imgIds=[int(stem)])), key=lambda a: a["id"]):
-                expected[coco.annToMask(ann).astype(bool)] = synth.SHAPES.index(coco.cats[ann["category_id"]]["supercategory"]) + 1
+                expected[coco.annToMask(ann).astype(bool)] = (
+                    synth.SHAPES.index(coco.cats[ann["category_id"]]["supercategory"]) + 1
+                )
             keep = label != 255
             assert (label[keep] == expected[keep]).all()
             assert set(np.unique(label)) <= set(range(7)) | {255}
@@ -179,7 +187,9 @@ def test_karpathy_imagefolder_and_pairs_layout(synth_root):
     assert sentids == list(range(len(sentids)))
     first = kp["images"][0]
     assert (first["filepath"], first["filename"], first["cocoid"], first["split"]) == ("images", "000001.png", 1, "train")
-    assert first["sentences"][0]["tokens"] == [t.strip(".,:") for t in first["sentences"][0]["raw"].replace(",", " ").split() if t.strip(".,:-")]
+    assert first["sentences"][0]["tokens"] == [
+        t.strip(".,:") for t in first["sentences"][0]["raw"].replace(",", " ").split() if t.strip(".,:-")
+    ]
 
     names = (synth_root / "imagefolder/classnames.txt").read_text().splitlines()
     assert len(names) == 36 and names[0] == "red circle"
@@ -206,7 +216,9 @@ def test_antialiased_edges(synth_root):
     coco = COCO(str(synth_root / "coco/annotations/instances_train.json"))
     edge_spread, inner_spread = [], []
     for ann in coco.loadAnns(coco.getAnnIds()):
-        pixels = np.asarray(Image.open(synth_root / "images" / coco.imgs[ann["image_id"]]["file_name"]).convert("RGB"), np.float32)
+        pixels = np.asarray(
+            Image.open(synth_root / "images" / coco.imgs[ann["image_id"]]["file_name"]).convert("RGB"), np.float32
+        )
         mask = coco.annToMask(ann).astype(bool)
         inner = np.zeros_like(mask)
         inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.metrics.detection import coco_box_metrics
-from sparc_eval.tasks.detection import GroundTruth, Params, pad_to_square, samples_to_coco, DetectionRunner
+from sparc_eval.tasks.detection import DetectionRunner, GroundTruth, Params, pad_to_square, samples_to_coco
 from sparc_eval.tasks.detection_head import (
     FOCAL_PRIOR,
     LossWeights,
@@ -79,7 +79,7 @@ def test_hungarian_matching_is_optimal_not_greedy():
     preds = _boxes(0.5, 0.2, 0.0)[None]
     target = Target(torch.tensor([0, 0]), _boxes(0.4, 0.7))
     logits = torch.zeros(1, 3, 1)
-    (rows, cols), = hungarian_match(logits, preds, [target], L1_ONLY)
+    ((rows, cols),) = hungarian_match(logits, preds, [target], L1_ONLY)
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 0}
 
 
@@ -89,7 +89,7 @@ def test_class_cost_decides_between_identical_boxes():
     logits = torch.tensor([[[-4.0, 4.0], [4.0, -4.0]]])
     target = Target(torch.tensor([0, 1]), _boxes(0.5, 0.5))
     w = LossWeights(cls=1.0, l1=1.0, giou=1.0, focal_alpha=0.25, focal_gamma=2.0)
-    (rows, cols), = hungarian_match(logits, preds, [target], w)
+    ((rows, cols),) = hungarian_match(logits, preds, [target], w)
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 0}
 
 
@@ -101,7 +101,9 @@ def test_focal_class_cost_by_hand():
 
 
 def test_image_without_targets_matches_nothing():
-    (rows, cols), = hungarian_match(torch.zeros(1, 3, 2), _boxes(0.1, 0.5, 0.9)[None], [Target(torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))], L1_ONLY)
+    ((rows, cols),) = hungarian_match(
+        torch.zeros(1, 3, 2), _boxes(0.1, 0.5, 0.9)[None], [Target(torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))], L1_ONLY
+    )
     assert rows.numel() == cols.numel() == 0
 
 
@@ -165,8 +167,14 @@ def test_pad_to_square_keeps_the_image_at_the_top_left():
 
 
 def _annotation_file(tmp_path: Path, anns: list[dict], images=None, categories=None) -> Path:
-    images = images or [{"id": 1, "file_name": "a.png", "width": 100, "height": 50}, {"id": 2, "file_name": "b.png", "width": 100, "height": 50}]
-    categories = categories or [{"id": 7, "name": "red_circle", "frequency": "f"}, {"id": 9, "name": "blue square", "frequency": "r"}]
+    images = images or [
+        {"id": 1, "file_name": "a.png", "width": 100, "height": 50},
+        {"id": 2, "file_name": "b.png", "width": 100, "height": 50},
+    ]
+    categories = categories or [
+        {"id": 7, "name": "red_circle", "frequency": "f"},
+        {"id": 9, "name": "blue square", "frequency": "r"},
+    ]
     for img in images:
         Image.new("RGB", (img["width"], img["height"])).save(tmp_path / img["file_name"])
     path = tmp_path / "instances.json"
@@ -175,7 +183,14 @@ def _annotation_file(tmp_path: Path, anns: list[dict], images=None, categories=N
 
 
 ODD_ANNOTATIONS = [
-    {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 40, 30], "area": 900.0, "iscrowd": 0},  # small by area, medium by box
+    {
+        "id": 1,
+        "image_id": 1,
+        "category_id": 7,
+        "bbox": [10, 10, 40, 30],
+        "area": 900.0,
+        "iscrowd": 0,
+    },  # small by area, medium by box
     {"id": 2, "image_id": 1, "category_id": 9, "bbox": [90, 40, 30, 30], "area": 900.0, "iscrowd": 0},  # runs off the image
     {"id": 3, "image_id": 1, "category_id": 7, "bbox": [50, 20, 0, 10], "area": 0.0, "iscrowd": 0},  # zero width
     {"id": 4, "image_id": 1, "category_id": 7, "bbox": [0, 0, 40, 40], "area": 1600.0, "iscrowd": 1},  # crowd
@@ -236,7 +251,9 @@ def test_records_rebuild_exactly_what_cocoeval_scores_on_the_file(tmp_path):
 
 def test_bad_box_is_a_one_sentence_error_naming_the_annotation(tmp_path):
     anns = [{"id": 41, "image_id": 1, "category_id": 7, "bbox": [10, 10, -5, 10], "area": 1.0, "iscrowd": 0}]
-    with pytest.raises(SparcEvalError, match=r"annotation 41 in .*instances.json has bbox \[10, 10, -5, 10\] with a negative width"):
+    with pytest.raises(
+        SparcEvalError, match=r"annotation 41 in .*instances.json has bbox \[10, 10, -5, 10\] with a negative width"
+    ):
         _ground_truth(tmp_path, anns)
     anns = [{"id": 42, "image_id": 1, "category_id": 7, "bbox": [10, 10, 5], "area": 1.0, "iscrowd": 0}]
     with pytest.raises(SparcEvalError, match="annotation 42 in .*instances.json has bbox"):
@@ -246,13 +263,20 @@ def test_bad_box_is_a_one_sentence_error_naming_the_annotation(tmp_path):
 def _card(tmp_path: Path, **params) -> Path:
     card = tmp_path / "det.yaml"
     spec = {"format": "coco-instances", "root": str(tmp_path), "split": "val", "annotation": "instances.json"}
-    card.write_text(json.dumps({"name": "det", "version": 1, "runner": "detection", "dataset": spec, "fit_dataset": spec, "params": params}))
+    card.write_text(
+        json.dumps({"name": "det", "version": 1, "runner": "detection", "dataset": spec, "fit_dataset": spec, "params": params})
+    )
     return card
 
 
 @pytest.mark.parametrize(
     "params, needle",
-    [({"top_k": 0}, "'top_k'"), ({"protocol": "lvis", "top_k": 301}, "at most 300"), ({"epochs": 0}, "'epochs'"), ({"focal_alpha": 1.5}, "'focal_alpha'")],
+    [
+        ({"top_k": 0}, "'top_k'"),
+        ({"protocol": "lvis", "top_k": 301}, "at most 300"),
+        ({"epochs": 0}, "'epochs'"),
+        ({"focal_alpha": 1.5}, "'focal_alpha'"),
+    ],
 )
 def test_bad_params_name_the_card_and_key(tmp_path, params, needle):
     from sparc_eval.tasks.card import load_card, validate_params

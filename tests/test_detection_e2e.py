@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_cli
+
 from sparc_eval.metrics.detection import coco_box_metrics, lvis_box_metrics
 from sparc_eval.results.record import load_samples
 from sparc_eval.tasks.detection import DetectionRunner, Params
@@ -34,7 +34,11 @@ def _random_boxes(samples: list[dict], seed: int = 0) -> list[dict]:
         k = len(s["detections"]["scores"])
         wh = rng.uniform(2, s["width"] / 2, (k, 2))
         xy = rng.uniform(0, 1, (k, 2)) * (np.array([s["width"], s["height"]]) - wh)
-        dets = {"boxes": np.concatenate([xy, wh], 1).tolist(), "category_ids": rng.integers(1, 37, k).tolist(), "scores": rng.uniform(0, 1, k).tolist()}
+        dets = {
+            "boxes": np.concatenate([xy, wh], 1).tolist(),
+            "category_ids": rng.integers(1, 37, k).tolist(),
+            "scores": rng.uniform(0, 1, k).tolist(),
+        }
         out.append({**s, "detections": dets})
     return out
 
@@ -51,7 +55,9 @@ def test_tiny_fit_beats_random_boxes_and_a_rerun_reuses_the_heads(tiny_ckpt, syn
     train = json.loads((synth_root / SPLIT_FILE.format("train")).read_text())
     seen = {a["category_id"] for a in train["annotations"]}
     assert record.info["cache"] == "fitted"
-    assert record.info["fit_categories"] == len(seen) and all(c["frequency"] != "r" for c in train["categories"] if c["id"] in seen)
+    assert record.info["fit_categories"] == len(seen) and all(
+        c["frequency"] != "r" for c in train["categories"] if c["id"] in seen
+    )
     assert record.info["query_categories"] == len(val["categories"]) == 36  # evaluation names the unseen rare ones too
     assert record.info["dense_head"] == "local" and record.info["dense_head_path"]
     assert record.n_samples == len(val["images"])
@@ -69,7 +75,9 @@ def test_tiny_fit_beats_random_boxes_and_a_rerun_reuses_the_heads(tiny_ckpt, syn
     baseline = DetectionRunner.aggregate(_random_boxes(samples), Params())
     assert metrics["AP"] > baseline["AP"]
     assert metrics["AP50"] > baseline["AP50"]
-    rare_in_val = any(c["frequency"] == "r" and any(a["category_id"] == c["id"] for a in val["annotations"]) for c in val["categories"])
+    rare_in_val = any(
+        c["frequency"] == "r" and any(a["category_id"] == c["id"] for a in val["annotations"]) for c in val["categories"]
+    )
     assert (metrics["APr"] is not None) == rare_in_val
 
     # A rerun loads the fitted heads instead of fitting again.
@@ -88,8 +96,11 @@ def test_tiny_fit_beats_random_boxes_and_a_rerun_reuses_the_heads(tiny_ckpt, syn
 def _synth_card(tmp_path: Path, synth_root: Path, fmt: str, **params) -> Path:
     spec = {"format": fmt, "root": str(synth_root / "images"), "annotation": f"../{SPLIT_FILE.format('{split}')}"}
     card = {
-        "name": f"synth-det-{fmt}", "version": 1, "runner": "detection",
-        "dataset": {**spec, "split": "val"}, "fit_dataset": {**spec, "split": "train"},
+        "name": f"synth-det-{fmt}",
+        "version": 1,
+        "runner": "detection",
+        "dataset": {**spec, "split": "val"},
+        "fit_dataset": {**spec, "split": "train"},
         "params": {"templates": "../imagefolder/templates.txt", **params},  # params may override templates
     }
     path = tmp_path / f"synth-det-{fmt}.yaml"
@@ -157,12 +168,31 @@ def test_fine_tuning_trains_the_image_side_at_its_rate_and_caches_the_backbone(s
     from sparc_eval.tasks.card import load_card, validate_params
     from sparc_eval.tasks.runner import RunContext, get_runner
 
-    card = load_card(_synth_card(tmp_path, synth_root, "coco-instances", epochs=1, train_backbone=True, backbone_lr=1e-3, text_lr=0.0, templates="simple"))
+    card = load_card(
+        _synth_card(
+            tmp_path,
+            synth_root,
+            "coco-instances",
+            epochs=1,
+            train_backbone=True,
+            backbone_lr=1e-3,
+            text_lr=0.0,
+            templates="simple",
+        )
+    )
     runner_cls = get_runner(card.runner)
     params = validate_params(runner_cls.Params, card.params, card)
     ctx = RunContext(
-        device=torch.device("cpu"), batch_size=64, precision="fp32", limit=8, num_workers=0, seed=0,
-        data_dir=tmp_path, work_dir=tmp_path / "out", record_stem="det", cache_dir=tmp_path / "cache",
+        device=torch.device("cpu"),
+        batch_size=64,
+        precision="fp32",
+        limit=8,
+        num_workers=0,
+        seed=0,
+        data_dir=tmp_path,
+        work_dir=tmp_path / "out",
+        record_stem="det",
+        cache_dir=tmp_path / "cache",
     )
     torch.manual_seed(0)
     model = create_model("tiny")

@@ -16,8 +16,16 @@ def _gt(images: list[int], anns: list[tuple[int, int, list[float]]], cats: dict[
     present = {i: {c for img, c, _ in anns if img == i} for i in images}
     return {
         "images": [
-            {"id": i, "width": 100, "height": 100,
-             **({"neg_category_ids": [c for c in cats if c not in present[i]], "not_exhaustive_category_ids": []} if lvis else {})}
+            {
+                "id": i,
+                "width": 100,
+                "height": 100,
+                **(
+                    {"neg_category_ids": [c for c in cats if c not in present[i]], "not_exhaustive_category_ids": []}
+                    if lvis
+                    else {}
+                ),
+            }
             for i in images
         ],
         "annotations": [
@@ -95,9 +103,9 @@ def test_frequency_groups_average_per_category_ap():
 
 
 def test_group_without_ground_truth_is_none():
-    assert frequency_group_ap({1: 0.5, 2: 0.7}, [{"id": 1, "frequency": "c"}, {"id": 2, "frequency": "c"}, {"id": 3, "frequency": "r"}]) == {
-        "APr": None, "APc": pytest.approx(0.6), "APf": None
-    }
+    assert frequency_group_ap(
+        {1: 0.5, 2: 0.7}, [{"id": 1, "frequency": "c"}, {"id": 2, "frequency": "c"}, {"id": 3, "frequency": "r"}]
+    ) == {"APr": None, "APc": pytest.approx(0.6), "APf": None}
 
 
 def test_lvis_is_federated_where_coco_is_not():

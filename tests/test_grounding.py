@@ -70,8 +70,15 @@ def _captions(image_id: int) -> list[dict]:
     ids = [image_id * 10 + k for k in range(1, len(SCENES[image_id - 1]) + 1)]
     if image_id == 1:
         return [
-            _caption(("a ", None, None), ("red", "colour", ids[:1]), (" ", None, None), ("square", "shape", ids[:1]),
-                     (" and a ", None, None), ("blue", "colour", ids[1:]), (" square", None, None)),
+            _caption(
+                ("a ", None, None),
+                ("red", "colour", ids[:1]),
+                (" ", None, None),
+                ("square", "shape", ids[:1]),
+                (" and a ", None, None),
+                ("blue", "colour", ids[1:]),
+                (" square", None, None),
+            ),
             _caption(("two", "count", ids), (" squares", None, None)),
         ]
     colour = SCENES[image_id - 1][0][0]
@@ -88,21 +95,39 @@ def scenes_root(tmp_path_factory) -> Path:
         pixels = np.full((SIDE, SIDE, 3), GREY, np.uint8)
         for k, (_, rgb, mask) in enumerate(objects, start=1):
             pixels[mask] = rgb
-            anns.append({"id": image_id * 10 + k, "image_id": image_id, "category_id": 1, "bbox": [0, 0, 1, 1],
-                         "area": int(mask.sum()), "segmentation": _rle(mask), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": image_id * 10 + k,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [0, 0, 1, 1],
+                    "area": int(mask.sum()),
+                    "segmentation": _rle(mask),
+                    "iscrowd": 0,
+                }
+            )
         name = f"{image_id:06d}.png"
         Image.fromarray(pixels).save(root / "images" / name)
         images.append({"id": image_id, "file_name": name, "width": SIDE, "height": SIDE})
         scene_records.append({"image_id": image_id, "captions": _captions(image_id)})
-    (root / "instances_val.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "square"}]}))
+    (root / "instances_val.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "square"}]})
+    )
     (root / "scenes.json").write_text(json.dumps({"images": scene_records}))
     return root
 
 
 def _card(tmp_path: Path, root: Path, **params) -> Path:
     card = {
-        "name": "hand-grounding", "version": 1, "runner": "grounding",
-        "dataset": {"format": "coco-instances", "root": str(root / "images"), "split": "val", "annotation": "../instances_{split}.json"},
+        "name": "hand-grounding",
+        "version": 1,
+        "runner": "grounding",
+        "dataset": {
+            "format": "coco-instances",
+            "root": str(root / "images"),
+            "split": "val",
+            "annotation": "../instances_{split}.json",
+        },
         "params": {"mentions": "scenes", "mentions_file": str(root / "scenes.json"), **params},
     }
     path = tmp_path / "hand-grounding.yaml"
@@ -114,8 +139,16 @@ def _evaluate(card_path: Path, model, tmp_path: Path, limit: int | None = None, 
     card = load_card(card_path)
     params = validate_params(GroundingRunner.Params, card.params, card)
     ctx = RunContext(
-        device=torch.device("cpu"), batch_size=batch_size, precision="fp32", limit=limit, num_workers=0, seed=0,
-        data_dir=tmp_path, work_dir=tmp_path, record_stem="hand", cache_dir=tmp_path / "cache",
+        device=torch.device("cpu"),
+        batch_size=batch_size,
+        precision="fp32",
+        limit=limit,
+        num_workers=0,
+        seed=0,
+        data_dir=tmp_path,
+        work_dir=tmp_path,
+        record_stem="hand",
+        cache_dir=tmp_path / "cache",
     )
     with torch.inference_mode():
         return GroundingRunner(card, params, ctx).evaluate(model), params
@@ -272,7 +305,9 @@ def test_position_r2_and_partners_over_the_evaluated_images(scenes_root, tmp_pat
     from test_grounding_metrics import _r2_by_least_squares
 
     output, _ = _evaluate(_card(tmp_path, scenes_root), FakeModel(patch_colours, colour_tokens, SPARC), tmp_path)
-    images = torch.stack([transforms.ToTensor()(Image.open(scenes_root / "images" / f"{i:06d}.png").convert("RGB")) for i in (1, 2, 3)])
+    images = torch.stack(
+        [transforms.ToTensor()(Image.open(scenes_root / "images" / f"{i:06d}.png").convert("RGB")) for i in (1, 2, 3)]
+    )
     assert output.metrics["position_r2"] == pytest.approx(_r2_by_least_squares(patch_colours(images).double().numpy()), abs=1e-9)
     assert [s["image_id"] for s in output.samples] == [1, 2, 3]
     # A model that sees the image scores some captions differently with the next image's patches.
@@ -333,10 +368,14 @@ def test_word_pieces_and_positions_follow_the_model_tokenizer():
 def test_mask_projector_follows_resize_and_centre_crop():
     mask = np.zeros((8, 12), np.uint8)  # a wide image: shortest side 8 -> 16, then a 16x16 centre crop
     mask[2:6, 3:5] = 1
-    pre = transforms.Compose([
-        transforms.Resize(16, interpolation=transforms.InterpolationMode.NEAREST), transforms.CenterCrop(16),
-        transforms.ToTensor(), transforms.Normalize((0.5, 0.4, 0.3), (0.2, 0.3, 0.4)),
-    ])
+    pre = transforms.Compose(
+        [
+            transforms.Resize(16, interpolation=transforms.InterpolationMode.NEAREST),
+            transforms.CenterCrop(16),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5, 0.4, 0.3), (0.2, 0.3, 0.4)),
+        ]
+    )
     projected = MaskProjector(pre)(mask)
     expected = np.kron(mask, np.ones((2, 2)))[:, 4:20]  # 16 x 24, crop columns 4..19
     np.testing.assert_allclose(projected.numpy(), expected, atol=1e-6)
@@ -352,8 +391,11 @@ def test_category_word_mentions(tmp_path):
     coco.dataset = {
         "images": [{"id": 7}],
         "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "hot dog"}, {"id": 3, "name": "cat"}],
-        "annotations": [{"id": 70, "image_id": 7, "category_id": 1}, {"id": 71, "image_id": 7, "category_id": 1},
-                        {"id": 72, "image_id": 7, "category_id": 2}],
+        "annotations": [
+            {"id": 70, "image_id": 7, "category_id": 1},
+            {"id": 71, "image_id": 7, "category_id": 1},
+            {"id": 72, "image_id": 7, "category_id": 2},
+        ],
     }
     coco.createIndex()
     Dataset.coco = coco
@@ -361,7 +403,7 @@ def test_category_word_mentions(tmp_path):
     text = "A Hot  dog beside two Dogs, no cat, hotdogs"
     captions.write_text(json.dumps({"annotations": [{"image_id": 7, "caption": text}]}))
     (cap,) = category_word_mentions(captions, Dataset)[7]
-    found = [(text[m["start"]:m["end"]], m["instance_ids"]) for m in cap["mentions"]]
+    found = [(text[m["start"] : m["end"]], m["instance_ids"]) for m in cap["mentions"]]
     # Longest match wins ("Hot  dog" is not also a "dog"); plurals count; "cat" is not in the image.
     assert found == [("Hot  dog", [72]), ("Dogs", [70, 71])]
 
@@ -390,12 +432,16 @@ def test_coco_card_reads_the_coco_layout(scenes_root, tmp_path):
     shutil.copytree(scenes_root / "images", coco / "val2017")  # not a link: the card reaches annotations via val2017/..
     instances = json.loads((scenes_root / "instances_val.json").read_text())
     (coco / "annotations" / "instances_val2017.json").write_text(json.dumps(instances))
-    caps = [{"id": i, "image_id": 1, "caption": text} for i, text in enumerate(["A red square and a blue square.", "Two squares"])]
+    caps = [
+        {"id": i, "image_id": 1, "caption": text} for i, text in enumerate(["A red square and a blue square.", "Two squares"])
+    ]
     (coco / "annotations" / "captions_val2017.json").write_text(json.dumps({"images": instances["images"], "annotations": caps}))
     card = Path(__file__).parents[1] / "tasks" / "coco-grounding.yaml"
     output, _ = _evaluate(card, FakeModel(patch_colours, colour_tokens, SPARC), tmp_path)
     words = [w for s in output.samples for w in s["words"]]
     # "square" twice and "squares" once, each referring to every square of image 1; images 2 and 3 have no captions.
-    assert [(w["word"], w["instance_ids"], w["kind"]) for w in words] == [("square", [11, 12], "category")] * 2 + [("squares", [11, 12], "category")]
+    assert [(w["word"], w["instance_ids"], w["kind"]) for w in words] == [("square", [11, 12], "category")] * 2 + [
+        ("squares", [11, 12], "category")
+    ]
     assert [len(s["fine_loss"]) for s in output.samples] == [2, 0, 0]
     assert all(f["mismatched"] is not None for f in output.samples[0]["fine_loss"])

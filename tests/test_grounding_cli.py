@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error, run_cli
+
 from sparc_eval.results.record import load_record, load_samples
 from sparc_eval.tasks.card import load_card, validate_params
 from sparc_eval.tasks.grounding import GroundingRunner
@@ -31,8 +31,23 @@ def sparc_ckpt(tmp_path_factory) -> Path:
 
 
 def _run(ckpt: str, data_dir: Path, out: Path, *extra: str):
-    result = run_cli("run", "--task", "synth-grounding", "--ckpt", ckpt, "--data-dir", data_dir, "--out", out,
-                     "--limit", str(LIMIT), "--batch-size", "8", "--json", *extra)
+    result = run_cli(
+        "run",
+        "--task",
+        "synth-grounding",
+        "--ckpt",
+        ckpt,
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+        "--limit",
+        str(LIMIT),
+        "--batch-size",
+        "8",
+        "--json",
+        *extra,
+    )
     assert result.code == 0, result.stderr
     (raw,) = json.loads(result.stdout)
     (path,) = out.rglob("synth-grounding-*.record.json")

@@ -21,12 +21,14 @@ from sparc_eval.metrics.grounding import (
 
 def test_patch_coverage_hand_worked():
     # 4x4 pixels, 2x2 grid of 2x2-pixel patches, row-major: top-left, top-right, bottom-left, bottom-right.
-    mask = torch.tensor([
-        [1, 1, 0, 1],
-        [1, 1, 0, 0],
-        [0, 0, 0, 0],
-        [1, 0, 0, 0],
-    ])
+    mask = torch.tensor(
+        [
+            [1, 1, 0, 1],
+            [1, 1, 0, 0],
+            [0, 0, 0, 0],
+            [1, 0, 0, 0],
+        ]
+    )
     assert patch_coverage(mask, (2, 2)).tolist() == [1.0, 0.25, 0.25, 0.0]
     # Non-square grid: 1 row of 4 column patches, each 4x1 pixels.
     assert patch_coverage(mask, (1, 4)).tolist() == [0.75, 0.5, 0.0, 0.25]

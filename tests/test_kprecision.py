@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparc_eval.metrics import kprecision as kp
-from sparc_eval.metrics.kprecision import k_precision, k_precision_na, noun_adj_tokens, normalize_text, tokens
+from sparc_eval.metrics.kprecision import k_precision, k_precision_na, normalize_text, noun_adj_tokens, tokens
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import assert_one_line_error, run_cli
 
 REFS = {
@@ -50,7 +49,7 @@ def test_scores_hand_worked_predictions(tmp_path, refs_file):
 @pytest.mark.parametrize(
     "content, needle",
     [
-        ("[{\"image_id\": 1, ", "is not valid JSON"),
+        ('[{"image_id": 1, ', "is not valid JSON"),
         ({"image_id": 1, "caption": "x"}, "non-empty JSON list"),
         ([], "non-empty JSON list"),
         ([{"image_id": 1}], "item 0 is not an object"),
@@ -66,7 +65,9 @@ def test_bad_predictions_are_one_line_errors(tmp_path, refs_file, content, needl
 
 def test_missing_and_bad_reference_files(tmp_path, refs_file):
     preds = _write(tmp_path, [{"image_id": 1, "caption": "x"}])
-    assert_one_line_error(run_cli("kprecision", "--pred", tmp_path / "nope.json", "--refs", refs_file), "nope.json", "does not exist")
+    assert_one_line_error(
+        run_cli("kprecision", "--pred", tmp_path / "nope.json", "--refs", refs_file), "nope.json", "does not exist"
+    )
     assert_one_line_error(run_cli("kprecision", "--pred", preds, "--refs", tmp_path / "gone.json"), "gone.json", "does not exist")
     not_coco = _write(tmp_path, [{"image_id": 1, "caption": "x"}], "refs.json")
     assert_one_line_error(run_cli("kprecision", "--pred", preds, "--refs", not_coco), "refs.json", "not a COCO captions file")

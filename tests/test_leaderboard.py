@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error, run_cli
 from record_factory import fake_sha, write_run
+
 from sparc_eval.results.leaderboard import build_leaderboard
 
 RUNS = [
@@ -35,8 +35,15 @@ LABELS = {ckpt: f"{ckpt} ({fake_sha(ckpt)[:8]})" for ckpt, *_ in RUNS}
 def board(tmp_path: Path) -> Path:
     results = tmp_path / "results"
     for i, (ckpt, task, runner, metrics) in enumerate(RUNS):
-        write_run(results, ckpt=ckpt, task=task, runner=runner, metrics=metrics, version=1 + i % 2,
-                  created_at=f"2025-01-0{1 + i % 3}T12:00:00+00:00")
+        write_run(
+            results,
+            ckpt=ckpt,
+            task=task,
+            runner=runner,
+            metrics=metrics,
+            version=1 + i % 2,
+            created_at=f"2025-01-0{1 + i % 3}T12:00:00+00:00",
+        )
     build_leaderboard(results, tmp_path / "leaderboard")
     return tmp_path / "leaderboard"
 
@@ -81,8 +88,18 @@ def test_cli_build_and_bad_input(tmp_path, board):
 # ---------------------------------------------------------------------------------------- headless Chromium
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+]
 
 # Injected first in <head>: every uncaught error, failed resource load and console.error is collected;
 # after load, the probe counts visible rows, clicks headers, and writes what it saw into the DOM,
@@ -125,8 +142,9 @@ window.addEventListener("load", function () {
 
 def _chromium(*args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="sparc-chromium-") as profile:
-        return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+        )
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs it)")

@@ -94,7 +94,9 @@ def test_weights_of_another_architecture(saved, tmp_path):
     shutil.copy(tmp_path / "other" / WEIGHTS_FILE, folder / WEIGHTS_FILE)
     with pytest.raises(SparcEvalError) as err:
         load_checkpoint(folder)
-    assert "does not fit architecture tiny" in str(err.value) and "g_v.weight has shape [48, 64] but the model expects [32, 64]" in str(err.value)
+    assert "does not fit architecture tiny" in str(
+        err.value
+    ) and "g_v.weight has shape [48, 64] but the model expects [32, 64]" in str(err.value)
 
 
 def test_missing_and_unexpected_tensors(saved, tmp_path):

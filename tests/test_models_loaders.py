@@ -23,11 +23,15 @@ def small_arch(tmp_path_factory):
     import open_clip
 
     path = tmp_path_factory.mktemp("oc") / f"{ARCH}.json"
-    path.write_text(json.dumps({
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "embed_dim": 32,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
+                "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+            }
+        )
+    )
     open_clip.add_model_config(path)
 
 
@@ -58,7 +62,9 @@ def test_contract_and_maskclip_dense_path(random_model):
         visual = m.clip.visual
         x = visual.transformer(visual._embeds(images))
         torch.testing.assert_close(dense, visual.ln_post(x)[:, 1:] @ visual.proj)
-        torch.testing.assert_close(m.encode_image(images), torch.nn.functional.normalize(visual.ln_post(x)[:, 0] @ visual.proj, dim=-1))
+        torch.testing.assert_close(
+            m.encode_image(images), torch.nn.functional.normalize(visual.ln_post(x)[:, 0] @ visual.proj, dim=-1)
+        )
         torch.testing.assert_close(m.encode_image_dense(images, head="local")[0], dense)
         text_dense, mask = m.encode_text_dense(tokens)
         assert mask.sum(1).tolist() == [3, 1]
@@ -101,7 +107,9 @@ def test_pickle_needing_code_is_refused_unless_trusted(random_model, tmp_path):
     torch.save({"state_dict": random_model.clip.state_dict(), "meta": _Payload(marker)}, path)
     with pytest.raises(SparcEvalError) as err:
         load_model(f"openclip:{ARCH}@{path}")
-    assert f"refusing to load {path}: unpickling it would call posix.mkdir" in str(err.value) and "trust_pickle=True" in str(err.value)
+    assert f"refusing to load {path}: unpickling it would call posix.mkdir" in str(err.value) and "trust_pickle=True" in str(
+        err.value
+    )
     assert not marker.exists()
     # The same file with trust: the payload runs (so the test above would catch a loader that unpickles freely).
     m = load_model(f"openclip:{ARCH}@{path}", trust_pickle=True)
@@ -112,10 +120,15 @@ def test_pickle_needing_code_is_refused_unless_trusted(random_model, tmp_path):
 def test_weights_of_another_architecture(tmp_path):
     from safetensors.torch import save_file
 
-    bigger = {k: torch.zeros(*v.shape[:-1], v.shape[-1] * 2) if k == "text_projection" else v for k, v in load_model(f"openclip:{ARCH}").clip.state_dict().items()}
+    bigger = {
+        k: torch.zeros(*v.shape[:-1], v.shape[-1] * 2) if k == "text_projection" else v
+        for k, v in load_model(f"openclip:{ARCH}").clip.state_dict().items()
+    }
     path = tmp_path / "other.safetensors"
     save_file(bigger, str(path))
-    with pytest.raises(SparcEvalError, match=f"does not fit architecture open_clip {ARCH}: tensor text_projection has shape \\[32, 64\\]"):
+    with pytest.raises(
+        SparcEvalError, match=f"does not fit architecture open_clip {ARCH}: tensor text_projection has shape \\[32, 64\\]"
+    ):
         load_model(f"openclip:{ARCH}@{path}")
 
 

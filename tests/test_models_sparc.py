@@ -134,10 +134,20 @@ def test_vit_b_16_preset_is_the_paper_size():
 
 
 def test_open_clip_architecture_and_overrides():
-    cfg = resolve_config("ViT-B-32", embed_dim=64, vision_cfg={"layers": 1, "width": 64, "image_size": 64}, text_cfg={"layers": 1, "width": 64, "heads": 2, "context_length": 16})
+    cfg = resolve_config(
+        "ViT-B-32",
+        embed_dim=64,
+        vision_cfg={"layers": 1, "width": 64, "image_size": 64},
+        text_cfg={"layers": 1, "width": 64, "heads": 2, "context_length": 16},
+    )
     assert cfg["vision_cfg"]["patch_size"] == 32  # taken from open_clip's ViT-B-32 config
     assert cfg["vision_cfg"]["output_tokens"] and cfg["text_cfg"]["proj_type"] == "none"
-    m = create_model("ViT-B-32", embed_dim=64, vision_cfg={"layers": 1, "width": 64, "image_size": 64}, text_cfg={"layers": 1, "width": 64, "heads": 2, "context_length": 16})
+    m = create_model(
+        "ViT-B-32",
+        embed_dim=64,
+        vision_cfg={"layers": 1, "width": 64, "image_size": 64},
+        text_cfg={"layers": 1, "width": 64, "heads": 2, "context_length": 16},
+    )
     assert m.encode_image_dense(torch.zeros(1, 3, 64, 64))[0].shape == (1, 4, 64)
 
 

@@ -14,9 +14,9 @@ from sparc_eval.models.objectives import (
     SparcObjective,
     build_objective,
     global_contrastive_loss,
+    image_negatives_loss,
     sparc_alignment_weights,
     sparc_fine_grained_loss,
-    image_negatives_loss,
     unique_token_mask,
 )
 
@@ -251,7 +251,13 @@ def test_objectives_combine_parts():
     assert set(clip) == {"total", "global"}
     assert clip["total"].item() == pytest.approx(g.item())
     assert isinstance(build_objective("sparc"), SparcObjective) and isinstance(build_objective("clip"), ClipObjective)
-    assert SparcObjective().describe() == {"name": "sparc", "lambda_g": 0.5, "lambda_f": 1.0, "sparsity": True, "weights": "sparse"}
+    assert SparcObjective().describe() == {
+        "name": "sparc",
+        "lambda_g": 0.5,
+        "lambda_f": 1.0,
+        "sparsity": True,
+        "weights": "sparse",
+    }
 
 
 def test_build_objective_errors():
@@ -259,7 +265,10 @@ def test_build_objective_errors():
         build_objective("filip")
     with pytest.raises(SparcEvalError, match="objective 'clip' has no option 'lambda_f'; its options: none"):
         build_objective("clip", lambda_f=1.0)
-    with pytest.raises(SparcEvalError, match="has no option 'lambda_x'; its options: fine_tokens, lambda_f, lambda_g, lambda_images, sparsity, weights"):
+    with pytest.raises(
+        SparcEvalError,
+        match="has no option 'lambda_x'; its options: fine_tokens, lambda_f, lambda_g, lambda_images, sparsity, weights",
+    ):
         build_objective("sparc", lambda_f=2.0, lambda_x=1.0)
     with pytest.raises(SparcEvalError, match="unknown fine_tokens 'nouns'"):
         build_objective("sparc", fine_tokens="nouns")
@@ -313,8 +322,9 @@ def _ref_image_negatives(tokens, mask, patches, scale, n_negatives, sparsity=Tru
 @pytest.mark.parametrize("n_negatives,sparsity,weights", [(1, True, "sparse"), (2, True, "sparse"), (7, False, "softmax")])
 def test_image_negatives_matches_loop_reference(n_negatives, sparsity, weights):
     tok, mask, patch = _random_batch(seed=11)
-    got = image_negatives_loss(tok, mask, patch, torch.tensor(3.0, dtype=torch.float64), n_negatives=n_negatives,
-                               sparsity=sparsity, weights=weights)
+    got = image_negatives_loss(
+        tok, mask, patch, torch.tensor(3.0, dtype=torch.float64), n_negatives=n_negatives, sparsity=sparsity, weights=weights
+    )
     want = _ref_image_negatives(tok.numpy(), mask.numpy(), patch.numpy(), 3.0, n_negatives, sparsity, weights == "softmax")
     assert got.item() == pytest.approx(want, rel=1e-10)
 

@@ -61,9 +61,7 @@ def test_fine_grained_loss_matches_numpy_reference(seed):
     mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float64)
     inv_t = 7.5
     expected = reference_fine_loss(tok, mask, patch, inv_t)
-    got = objectives.sparc_fine_grained_loss(
-        torch.tensor(tok), torch.tensor(mask > 0), torch.tensor(patch), torch.tensor(inv_t)
-    )
+    got = objectives.sparc_fine_grained_loss(torch.tensor(tok), torch.tensor(mask > 0), torch.tensor(patch), torch.tensor(inv_t))
     assert float(got) == pytest.approx(expected, rel=1e-6, abs=1e-8)
 
 

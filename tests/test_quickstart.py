@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from sparc_eval.errors import SparcEvalError
+
 from sparc_eval import checkpoint_cards as checkpoint_card
 from sparc_eval.checkpoint_cards import ensure_checkpoint, load_checkpoint_card
+from sparc_eval.errors import SparcEvalError
 from sparc_eval.results.collect import checkpoint_name
 
 CARD = """name: mini-clip
@@ -45,7 +45,9 @@ def test_longer_cards_differ_from_the_quickstart_cards_only_in_steps(objective):
 
 def test_recipe_hash_follows_the_recipe_not_the_prose(tmp_path):
     base = load_checkpoint_card(_card(tmp_path))
-    reworded = load_checkpoint_card(_card(tmp_path, CARD.replace("test recipe", "other words").replace("version: 1", "version: 2"), "b.yaml"))
+    reworded = load_checkpoint_card(
+        _card(tmp_path, CARD.replace("test recipe", "other words").replace("version: 1", "version: 2"), "b.yaml")
+    )
     longer = load_checkpoint_card(_card(tmp_path, CARD.replace("steps: 2", "steps: 3"), "c.yaml"))
     assert base.recipe_sha256 == reworded.recipe_sha256 != longer.recipe_sha256
     assert base.with_overrides(train={"steps": 3}).recipe_sha256 == longer.recipe_sha256
@@ -106,8 +108,10 @@ def test_quickstart_fast_end_to_end(tmp_path):
     assert result.code == 0, result.stdout[-3000:] + result.stderr[-3000:]
     tasks = sorted(p.stem for p in list_card_paths() if p.stem.startswith("synth-"))
     records = sorted((out / "results").rglob("*.record.json"))
-    seen = sorted((json.loads(r.read_text())["checkpoint"]["ref"].split("/")[-1], json.loads(r.read_text())["task"]["name"])
-                  for r in records)
+    seen = sorted(
+        (json.loads(r.read_text())["checkpoint"]["ref"].split("/")[-1], json.loads(r.read_text())["task"]["name"])
+        for r in records
+    )
     assert seen == sorted((ckpt, task) for ckpt in ("tiny-clip", "tiny-sparc") for task in tasks)
     assert {p.name for p in (out / "leaderboard").iterdir()} == {"index.html", "leaderboard.csv", "leaderboard.md"}
     assert "tiny-clip" in result.stdout and "tiny-sparc" in result.stdout

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, run_cli
 from record_factory import fake_sha, write_run
+
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.results import regress
 from sparc_eval.results.regress import compare_results
@@ -29,8 +29,14 @@ def _hits(seed: int = 0) -> np.ndarray:
 
 def _write_cls(out: Path, hits: np.ndarray, ckpt: str = "tiny-clip", **kw) -> Path:
     samples = [{"id": f"val/{i}.png", "top1": int(h), "label": i % 6} for i, h in enumerate(hits)]
-    return write_run(out, ckpt=ckpt, task="synth-cls", metrics={"top1": (float(hits.mean()), True), "top5": (None, True)},
-                     samples=samples, **kw)
+    return write_run(
+        out,
+        ckpt=ckpt,
+        task="synth-cls",
+        metrics={"top1": (float(hits.mean()), True), "top5": (None, True)},
+        samples=samples,
+        **kw,
+    )
 
 
 def _flip(hits: np.ndarray, lose: int, gain: int) -> np.ndarray:
@@ -126,8 +132,14 @@ def test_mcnemar_matches_the_exact_binomial_by_hand(lost, gained):
 def test_changed_card_limit_and_sample_set_are_reported(baseline, tmp_path):
     new = tmp_path / "new"
     _write_cls(new, _hits(), version=2)  # same content, bumped card version
-    write_run(new, ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"miou": (0.3, True)},
-              card_sha=fake_sha("edited synth-seg card"))
+    write_run(
+        new,
+        ckpt="tiny-clip",
+        task="synth-seg",
+        runner="segmentation",
+        metrics={"miou": (0.3, True)},
+        card_sha=fake_sha("edited synth-seg card"),
+    )
     write_run(new, ckpt="tiny-sparc", task="synth-seg", runner="segmentation", metrics={"miou": (0.9, True)})
     report = compare_results(baseline, new)
     details = {p.task: (p.kind, p.detail) for p in report.problems}
@@ -224,17 +236,25 @@ def mean_card(tmp_path, monkeypatch) -> Path:
     monkeypatch.setitem(runner_module.RUNNERS, "test-no-aggregate", NoAggregateRunner)
     card = tmp_path / "cards" / "synth-mean.yaml"
     card.parent.mkdir()
-    card.write_text("name: synth-mean\nversion: 1\nrunner: test-mean\ndataset: {format: pairs, root: x, split: val}\n"
-                    "params: {field: score}\n")
+    card.write_text(
+        "name: synth-mean\nversion: 1\nrunner: test-mean\ndataset: {format: pairs, root: x, split: val}\nparams: {field: score}\n"
+    )
     return card
 
 
 def _write_mean(out: Path, scores, card: Path, runner: str = "test-mean", value: float | None = None) -> Path:
     loaded = load_card(card)
     samples = [{"id": i, "score": float(s)} for i, s in enumerate(scores)]
-    return write_run(out, ckpt="tiny-sparc", task="synth-mean", runner=runner, samples=samples,
-                     metrics={"mean_score": (float(np.mean(scores)) if value is None else value, True)},
-                     card_sha=loaded.sha256, card_path=str(card))
+    return write_run(
+        out,
+        ckpt="tiny-sparc",
+        task="synth-mean",
+        runner=runner,
+        samples=samples,
+        metrics={"mean_score": (float(np.mean(scores)) if value is None else value, True)},
+        card_sha=loaded.sha256,
+        card_path=str(card),
+    )
 
 
 def test_bootstrap_p_values_match_hand_worked_cases(mean_card, tmp_path):

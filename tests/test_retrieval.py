@@ -24,8 +24,12 @@ TEXT_RANKS = [2, 4, 1, 2, 4]
 
 
 def _card(root) -> dict:
-    return {"name": "colour-retrieval", "version": 1, "runner": "retrieval",
-            "dataset": {"format": "karpathy", "root": str(root), "split": "test", "annotation": "dataset_test.json"}}
+    return {
+        "name": "colour-retrieval",
+        "version": 1,
+        "runner": "retrieval",
+        "dataset": {"format": "karpathy", "root": str(root), "split": "test", "annotation": "dataset_test.json"},
+    }
 
 
 def test_known_ranks_with_ties_and_multiple_captions(tmp_path):
@@ -38,10 +42,27 @@ def test_known_ranks_with_ties_and_multiple_captions(tmp_path):
     assert output.metrics == {"i2t_r1": 0.0, "i2t_r5": 1.0, "i2t_r10": 1.0, "t2i_r1": 0.2, "t2i_r5": 1.0, "t2i_r10": 1.0}
     assert runner_cls.aggregate(output.samples, params) == output.metrics
     assert output.n_samples == 4 and output.info["n_captions"] == 5
-    assert images[3] == {"kind": "image", "id": "image/103", "image_id": 103, "path": str(root / "images" / "003.png"),
-                         "n_captions": 1, "rank": 5, "i2t_r1": 0, "i2t_r5": 1, "i2t_r10": 1}
-    assert captions[1] == {"kind": "caption", "id": "caption/100/1", "image_id": 100, "caption": "something",
-                           "rank": 4, "t2i_r1": 0, "t2i_r5": 1, "t2i_r10": 1}
+    assert images[3] == {
+        "kind": "image",
+        "id": "image/103",
+        "image_id": 103,
+        "path": str(root / "images" / "003.png"),
+        "n_captions": 1,
+        "rank": 5,
+        "i2t_r1": 0,
+        "i2t_r5": 1,
+        "i2t_r10": 1,
+    }
+    assert captions[1] == {
+        "kind": "caption",
+        "id": "caption/100/1",
+        "image_id": 100,
+        "caption": "something",
+        "rank": 4,
+        "t2i_r1": 0,
+        "t2i_r5": 1,
+        "t2i_r10": 1,
+    }
 
 
 def test_small_blocks_and_batches_change_nothing(tmp_path, monkeypatch):

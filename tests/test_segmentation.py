@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
+from conftest import CliResult, assert_one_line_error
 from PIL import Image
 
-from conftest import CliResult, assert_one_line_error
 from sparc_eval.data.voc import CONTEXT59_CLASSES, VOC_CLASSES
 from sparc_eval.tasks.card import load_card, validate_params
 from sparc_eval.tasks.runner import RunContext
@@ -63,8 +63,12 @@ class PaletteModel(torch.nn.Module):
         return torch.cat([rgb - 0.5, torch.full_like(rgb[..., :1], self.FOURTH)], dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        table = torch.cat([torch.tensor([[0.0, 0.0, 0.0, 1.0]]),
-                           self._colour(torch.tensor([PALETTE[n] for n in self.names], dtype=torch.float32) / 255)])
+        table = torch.cat(
+            [
+                torch.tensor([[0.0, 0.0, 0.0, 1.0]]),
+                self._colour(torch.tensor([PALETTE[n] for n in self.names], dtype=torch.float32) / 255),
+            ]
+        )
         return F.normalize(table[tokens[:, 0]], dim=-1)
 
     def encode_image_dense(self, images: torch.Tensor, head: str = "global"):
@@ -83,8 +87,14 @@ class PaletteModel(torch.nn.Module):
 
     def describe(self) -> dict:
         path = "centred mean RGB of each 8x8 patch"
-        return {"source": "test", "arch": "palette", "ref": "palette", "sha256": "0" * 64, "objective": None,
-                "dense_heads": {"global": path, "local": path}}
+        return {
+            "source": "test",
+            "arch": "palette",
+            "ref": "palette",
+            "sha256": "0" * 64,
+            "objective": None,
+            "dense_heads": {"global": path, "local": path},
+        }
 
 
 # ------------------------------------------------------------------------------ fixtures in the real layouts
@@ -176,8 +186,18 @@ def derived_card(tmp_path: Path, name: str, **params) -> Path:
 
 
 def make_ctx(data_dir: Path, work: Path, limit: int | None = None) -> RunContext:
-    return RunContext(device=torch.device("cpu"), batch_size=8, precision="fp32", limit=limit, num_workers=0, seed=0,
-                      data_dir=data_dir, work_dir=work, record_stem="test", cache_dir=work / "cache")
+    return RunContext(
+        device=torch.device("cpu"),
+        batch_size=8,
+        precision="fp32",
+        limit=limit,
+        num_workers=0,
+        seed=0,
+        data_dir=data_dir,
+        work_dir=work,
+        record_stem="test",
+        cache_dir=work / "cache",
+    )
 
 
 def run_card(name: str, model, data_dir: Path, work: Path):
@@ -268,13 +288,26 @@ def test_a_class_scores_its_best_synonym(fixture_data_dir, tmp_path, cat_line, c
 @pytest.mark.mm
 def test_synth_seg_run_equals_mmseg_on_its_predictions(tiny_sparc_ckpt, synth_data_dir, tmp_path):
     iou_metric = pytest.importorskip("mmseg.evaluation").IoUMetric
-    from sparc_eval.models.loaders import load_model
-    from sparc_eval.results.record import load_record, load_samples
     from test_segmentation_metrics import assert_matches_mmseg
 
+    from sparc_eval.models.loaders import load_model
+    from sparc_eval.results.record import load_record, load_samples
+
     out = tmp_path / "results"
-    result = cli("run", "--task", "synth-seg", "--ckpt", tiny_sparc_ckpt, "--data-dir", synth_data_dir, "--out", out,
-                 "--batch-size", "16", "--json")
+    result = cli(
+        "run",
+        "--task",
+        "synth-seg",
+        "--ckpt",
+        tiny_sparc_ckpt,
+        "--data-dir",
+        synth_data_dir,
+        "--out",
+        out,
+        "--batch-size",
+        "16",
+        "--json",
+    )
     assert result.code == 0, result.stderr
     (path,) = out.rglob("synth-seg-*.record.json")
     record = load_record(path)
@@ -293,8 +326,13 @@ def test_synth_seg_run_equals_mmseg_on_its_predictions(tiny_sparc_ckpt, synth_da
         images = [(seg.pred, seg.label) for seg in runner.predictions(model, prep)]
     assert len(images) == 32 and prep.metric_classes == ["circle", "square", "triangle", "diamond", "cross", "star"]
     assert_matches_mmseg(6, images)
-    ref = iou_metric.total_area_to_metrics(*(sum(t) for t in zip(*(
-        iou_metric.intersect_and_union(torch.as_tensor(p), torch.as_tensor(lab), 6, 255) for p, lab in images))), ["mIoU"])
+    ref = iou_metric.total_area_to_metrics(
+        *(
+            sum(t)
+            for t in zip(*(iou_metric.intersect_and_union(torch.as_tensor(p), torch.as_tensor(lab), 6, 255) for p, lab in images))
+        ),
+        ["mIoU"],
+    )
     assert record.metric_values()["mIoU"] == pytest.approx(100 * np.nanmean(ref["IoU"]), rel=1e-5)
     assert record.metric_values()["aAcc"] == pytest.approx(100 * float(ref["aAcc"]), rel=1e-5)
 

@@ -79,6 +79,7 @@ def test_from_counts_round_trips():
 
 # ----------------------------------------------------------------------------- mmseg as the peer
 
+
 @st.composite
 def split_of_images(draw):
     """A few images of random labels (with ignored pixels) and predictions; some classes absent everywhere."""

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from rich.console import Console
-
 from conftest import assert_one_line_error, run_cli
 from record_factory import fake_sha, write_run
+from rich.console import Console
+
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.results.table import build_table, render_csv, render_json, render_markdown, render_rich
 
@@ -37,8 +37,15 @@ def results(tmp_path: Path) -> Path:
     for ckpt, task, runner, metrics in RUNS:
         write_run(out, ckpt=ckpt, task=task, runner=runner, metrics=metrics)
     # An older record of tiny-clip on synth-seg under a previous card: superseded by the newer one above.
-    write_run(out, ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"miou": (0.9, True)},
-              card_sha=fake_sha("old synth-seg card"), created_at="2024-06-01T00:00:00+00:00")
+    write_run(
+        out,
+        ckpt="tiny-clip",
+        task="synth-seg",
+        runner="segmentation",
+        metrics={"miou": (0.9, True)},
+        card_sha=fake_sha("old synth-seg card"),
+        created_at="2024-06-01T00:00:00+00:00",
+    )
     return out
 
 
@@ -77,8 +84,9 @@ def test_markdown_csv_json_agree_with_the_records(results):
     lines = render_markdown(table).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[0] == "checkpoint" and "synth-cls · top1 ↑" in header and "synth-grounding · fine_loss_gap ↓" in header
-    md_rows = {cells[0]: dict(zip(header, cells)) for cells in
-               ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:5])}
+    md_rows = {
+        cells[0]: dict(zip(header, cells)) for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:5])
+    }
     assert md_rows[_label("tiny-clip")]["synth-cls · top5 ↑"] == "n/a"
     assert md_rows[_label("tiny-clip")]["synth-det · AP ↑"] == ""
     assert md_rows[_label("tiny-sparc")]["synth-retrieval · t2i_r1 ↑"] == "0.35"
@@ -95,7 +103,13 @@ def test_markdown_csv_json_agree_with_the_records(results):
     assert by_label[_label("tiny-clip")]["values"]["synth-cls"] == {"top1": 0.5, "top5": None}
     assert "synth-det" not in by_label[_label("tiny-clip")]["values"]
     assert {c["family"] for c in data["columns"]} == {
-        "zero-shot classification", "retrieval", "segmentation", "detection", "captioning", "diagnostics"}
+        "zero-shot classification",
+        "retrieval",
+        "segmentation",
+        "detection",
+        "captioning",
+        "diagnostics",
+    }
 
 
 def test_rich_table_transposes_when_too_wide(results):

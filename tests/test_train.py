@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 from PIL import Image
 
-from conftest import assert_one_line_error, run_cli
 from sparc_eval import load_model
 from sparc_eval.cli import main
 from sparc_eval.errors import SparcEvalError
@@ -61,7 +61,9 @@ def _assert_cli_error(capsys, needle, *args) -> None:
 @pytest.mark.slow
 def test_cli_train_writes_a_loadable_checkpoint(synth_root, tmp_path):
     out = tmp_path / "run"
-    result = run_cli("train", "--data", synth_root, "--steps", 3, "--batch-size", 8, "--log-every", 2, "--lambda-f", 5, "--out", out)
+    result = run_cli(
+        "train", "--data", synth_root, "--steps", 3, "--batch-size", 8, "--log-every", 2, "--lambda-f", 5, "--out", out
+    )
     assert result.code == 0, result.stderr
     assert f"wrote {out}" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "loss_curve.png", "model.safetensors", "train_log.jsonl"]
@@ -175,7 +177,25 @@ def interrupted(synth_root, tmp_path, monkeypatch):
 
 
 def _train_args(synth_root, out, *extra):
-    return ["--data", synth_root, "--arch", "micro", "--steps", 4, "--batch-size", 8, "--warmup", 2, "--log-every", 1, "--save-every", 1, "--out", out, *extra]
+    return [
+        "--data",
+        synth_root,
+        "--arch",
+        "micro",
+        "--steps",
+        4,
+        "--batch-size",
+        8,
+        "--warmup",
+        2,
+        "--log-every",
+        1,
+        "--save-every",
+        1,
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 def test_resume_with_truncated_weights(synth_root, interrupted, capsys):
@@ -192,13 +212,21 @@ def test_resume_with_weights_of_another_architecture(synth_root, interrupted, tm
     out, step = interrupted
     other = save_checkpoint(create_model("micro", embed_dim=48), tmp_path / "other")
     shutil.copy(other / "model.safetensors", step / "model.safetensors")
-    _assert_cli_error(capsys, "does not fit architecture micro: tensor g_v.weight has shape [48, 32] but the model expects [32, 32]", *_train_args(synth_root, out, "--resume"))
+    _assert_cli_error(
+        capsys,
+        "does not fit architecture micro: tensor g_v.weight has shape [48, 32] but the model expects [32, 32]",
+        *_train_args(synth_root, out, "--resume"),
+    )
     assert not out.exists()
 
 
 def test_resume_with_other_settings(synth_root, interrupted, capsys):
     out, _ = interrupted
-    _assert_cli_error(capsys, "it was trained with lr=0.0005, this run asks for 0.001", *_train_args(synth_root, out, "--resume", "--lr", "1e-3"))
+    _assert_cli_error(
+        capsys,
+        "it was trained with lr=0.0005, this run asks for 0.001",
+        *_train_args(synth_root, out, "--resume", "--lr", "1e-3"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -233,5 +261,7 @@ def test_errors_through_the_console_script(synth_root, tmp_path):
     assert_one_line_error(result, f"output {tmp_path / 'out'} already exists")
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"image": "nowhere.png", "caption": "a red circle"}\n')
-    assert_one_line_error(run_cli("train", "--data", bad, "--steps", 1, "--out", tmp_path / "o2"), "nowhere.png, which does not exist")
+    assert_one_line_error(
+        run_cli("train", "--data", bad, "--steps", 1, "--out", tmp_path / "o2"), "nowhere.png, which does not exist"
+    )
     assert not (tmp_path / "o2").exists()

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import assert_one_line_error
-from sparc_eval.metrics.segmentation import Areas, segmentation_scores
+from PIL import Image
 from test_segmentation import cli
+
+from sparc_eval.metrics.segmentation import Areas, segmentation_scores
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,13 @@ def test_align_outside_synthscenes_has_no_outlines(tiny_sparc_ckpt, synth_root, 
 def test_align_bad_input(tiny_sparc_ckpt, synth_root, scene, tmp_path):
     out = tmp_path / "x.png"
     missing = tmp_path / "nope.png"
-    assert_one_line_error(cli("viz", "align", "--ckpt", tiny_sparc_ckpt, "--image", missing, "--caption", "a", "--out", out), str(missing))
+    assert_one_line_error(
+        cli("viz", "align", "--ckpt", tiny_sparc_ckpt, "--image", missing, "--caption", "a", "--out", out), str(missing)
+    )
     image = synth_root / scene["file_name"]
-    assert_one_line_error(cli("viz", "align", "--ckpt", tiny_sparc_ckpt, "--image", image, "--caption", "a", "--out", out, "--head", "mid"), "mid")
+    assert_one_line_error(
+        cli("viz", "align", "--ckpt", tiny_sparc_ckpt, "--image", image, "--caption", "a", "--out", out, "--head", "mid"), "mid"
+    )
     assert not out.exists()
 
 
@@ -112,9 +116,14 @@ def test_seg_panels_show_the_runner_predictions(tiny_sparc_ckpt, synth_data_dir,
 
 def test_seg_cli_and_its_errors(tiny_sparc_ckpt, synth_data_dir, tmp_path):
     out = tmp_path / "pics"
-    result = cli("viz", "seg", "--ckpt", tiny_sparc_ckpt, "--task", "synth-seg", "--n", "1", "--out", out, "--data-dir", synth_data_dir)
+    result = cli(
+        "viz", "seg", "--ckpt", tiny_sparc_ckpt, "--task", "synth-seg", "--n", "1", "--out", out, "--data-dir", synth_data_dir
+    )
     assert result.code == 0, result.stderr
     assert [p.name for p in out.iterdir()] == ["synth-seg-000097.png"]
-    assert_one_line_error(cli("viz", "seg", "--ckpt", tiny_sparc_ckpt, "--task", "synth-cls", "--out", out, "--data-dir", synth_data_dir),
-                          "synth-cls", "segmentation")
+    assert_one_line_error(
+        cli("viz", "seg", "--ckpt", tiny_sparc_ckpt, "--task", "synth-cls", "--out", out, "--data-dir", synth_data_dir),
+        "synth-cls",
+        "segmentation",
+    )
     assert_one_line_error(cli("viz", "seg", "--ckpt", tiny_sparc_ckpt, "--task", "synth-seg", "--n", "0", "--out", out), "--n")

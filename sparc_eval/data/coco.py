@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -46,9 +46,13 @@ def _check_refs(annotation: Path, data: dict, categories: bool) -> None:
     category_ids = {c["id"] for c in data.get("categories", [])}
     for ann in data["annotations"]:
         if ann["image_id"] not in image_ids:
-            raise SparcEvalError(f"annotation {ann.get('id')} in {annotation} refers to image id {ann['image_id']}, which is not listed")
+            raise SparcEvalError(
+                f"annotation {ann.get('id')} in {annotation} refers to image id {ann['image_id']}, which is not listed"
+            )
         if categories and ann["category_id"] not in category_ids:
-            raise SparcEvalError(f"annotation {ann.get('id')} in {annotation} has category id {ann['category_id']}, outside the listed categories")
+            raise SparcEvalError(
+                f"annotation {ann.get('id')} in {annotation} has category id {ann['category_id']}, outside the listed categories"
+            )
 
 
 @register_reader("coco-captions")
@@ -69,7 +73,18 @@ class InstancesDataset(ImageDataset):
     """Images with instance annotations: items {image, image_id, width, height, boxes [N,4] xywh, category_ids, iscrowd, path}
     (+ masks uint8 [N,H,W] when opened with masks=True, + the image's `extra_keys` fields)."""
 
-    def __init__(self, root: Path, annotation: Path, data: dict, file_names: list[str], ann_to_mask: Callable, *, transform=None, masks=False, extra_keys=()):
+    def __init__(
+        self,
+        root: Path,
+        annotation: Path,
+        data: dict,
+        file_names: list[str],
+        ann_to_mask: Callable,
+        *,
+        transform=None,
+        masks=False,
+        extra_keys=(),
+    ):
         _check_refs(annotation, data, categories=True)
         paths = [root / name for name in file_names]
         require_images(paths, annotation)
@@ -87,7 +102,9 @@ class InstancesDataset(ImageDataset):
         info, anns = self.images[index], self._anns.get(self.image_ids[index], [])
         image = open_image(self.paths[index])
         if image.size != (info["width"], info["height"]):
-            raise SparcEvalError(f"image {self.paths[index]} is {image.size[0]}x{image.size[1]} but {self.annotation} says {info['width']}x{info['height']}")
+            raise SparcEvalError(
+                f"image {self.paths[index]} is {image.size[0]}x{image.size[1]} but {self.annotation} says {info['width']}x{info['height']}"
+            )
         if self.transform is not None:
             image = self.transform(image)
         item = {
@@ -102,14 +119,18 @@ class InstancesDataset(ImageDataset):
         }
         if self._masks:
             masks = [self._ann_to_mask(a) for a in anns]
-            item["masks"] = torch.from_numpy(np.stack(masks).astype(np.uint8) if masks else np.zeros((0, info["height"], info["width"]), np.uint8))
+            item["masks"] = torch.from_numpy(
+                np.stack(masks).astype(np.uint8) if masks else np.zeros((0, info["height"], info["width"]), np.uint8)
+            )
         for key in self._extra_keys:
             item[key] = list(info.get(key, []))
         return item
 
 
 @register_reader("coco-instances")
-def read_coco_instances(root: Path, split: str, *, transform: Callable | None = None, masks: bool = False, **options) -> InstancesDataset:
+def read_coco_instances(
+    root: Path, split: str, *, transform: Callable | None = None, masks: bool = False, **options
+) -> InstancesDataset:
     """Options: `annotation` (instances_*.json), `masks` (decode instance masks into items)."""
     from pycocotools.coco import COCO
 
@@ -120,6 +141,14 @@ def read_coco_instances(root: Path, split: str, *, transform: Callable | None = 
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
-    ds = InstancesDataset(root, annotation, data, [img["file_name"] for img in data["images"]], coco.annToMask, transform=transform, masks=bool(masks))
+    ds = InstancesDataset(
+        root,
+        annotation,
+        data,
+        [img["file_name"] for img in data["images"]],
+        coco.annToMask,
+        transform=transform,
+        masks=bool(masks),
+    )
     ds.coco = coco
     return ds

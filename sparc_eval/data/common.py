@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -117,7 +118,9 @@ class CaptionDataset(ImageDataset):
     with 6 or 7 captions; items keep all of them).
     """
 
-    def __init__(self, paths: list[Path], image_ids: list[int], captions: list[list[str]], source: Path, transform: Callable | None = None) -> None:
+    def __init__(
+        self, paths: list[Path], image_ids: list[int], captions: list[list[str]], source: Path, transform: Callable | None = None
+    ) -> None:
         super().__init__(paths, transform)
         self.image_ids = image_ids
         self.captions = captions
@@ -127,7 +130,12 @@ class CaptionDataset(ImageDataset):
         self.captions_per_image = min(len(c) for c in captions)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.load(index), "image_id": self.image_ids[index], "captions": self.captions[index], "path": str(self.paths[index])}
+        return {
+            "image": self.load(index),
+            "image_id": self.image_ids[index],
+            "captions": self.captions[index],
+            "path": str(self.paths[index]),
+        }
 
 
 def group_by(items: Iterable[dict], key: str) -> dict[Any, list[dict]]:

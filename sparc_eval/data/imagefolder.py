@@ -8,10 +8,18 @@ Every folder of the split must belong to a class; a class may have no folder (no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from sparc_eval.data.common import IMAGE_EXTENSIONS, ImageDataset, no_other_options, read_lines, require_dir, require_nonempty, resolve
+from sparc_eval.data.common import (
+    IMAGE_EXTENSIONS,
+    ImageDataset,
+    no_other_options,
+    read_lines,
+    require_dir,
+    require_nonempty,
+    resolve,
+)
 from sparc_eval.data.registry import register_reader
 from sparc_eval.errors import SparcEvalError
 
@@ -42,7 +50,9 @@ def read_classnames(path: Path) -> tuple[list[str], list[str]]:
 
 
 @register_reader("imagefolder")
-def read_imagefolder(root: Path, split: str, *, transform: Callable | None = None, classnames: str | None = None, **options) -> ImageFolderDataset:
+def read_imagefolder(
+    root: Path, split: str, *, transform: Callable | None = None, classnames: str | None = None, **options
+) -> ImageFolderDataset:
     """Option: `classnames` (file, relative to root or absolute; default root/classnames.txt)."""
     no_other_options(options, "imagefolder")
     names_file = resolve(root, classnames or "classnames.txt")

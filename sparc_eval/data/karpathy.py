@@ -7,10 +7,18 @@ Split "train" includes "restval", as in Karpathy's convention; "val" and "test" 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from sparc_eval.data.common import CaptionDataset, load_json, no_other_options, require_images, require_nonempty, require_option, resolve
+from sparc_eval.data.common import (
+    CaptionDataset,
+    load_json,
+    no_other_options,
+    require_images,
+    require_nonempty,
+    require_option,
+    resolve,
+)
 from sparc_eval.data.registry import register_reader
 from sparc_eval.errors import SparcEvalError
 

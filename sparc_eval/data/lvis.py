@@ -9,8 +9,8 @@ federated evaluation needs. `lvis_api` is the `lvis.LVIS` object; categories kee
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from sparc_eval.data.coco import InstancesDataset
 from sparc_eval.data.common import no_other_options, require_file, require_nonempty, require_option, resolve
@@ -39,7 +39,15 @@ def read_lvis(root: Path, split: str, *, transform: Callable | None = None, mask
         if not url:
             raise SparcEvalError(f"image {img.get('id')} in {annotation} has neither coco_url nor file_name")
         names.append(url.rstrip("/").rsplit("/", 1)[-1])
-    ds = InstancesDataset(root, annotation, data, names, api.ann_to_mask, transform=transform, masks=bool(masks),
-                          extra_keys=("neg_category_ids", "not_exhaustive_category_ids"))
+    ds = InstancesDataset(
+        root,
+        annotation,
+        data,
+        names,
+        api.ann_to_mask,
+        transform=transform,
+        masks=bool(masks),
+        extra_keys=("neg_category_ids", "not_exhaustive_category_ids"),
+    )
     ds.lvis_api = api
     return ds

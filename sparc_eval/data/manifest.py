@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 from rich.table import Table
@@ -20,7 +20,15 @@ from sparc_eval.errors import SparcEvalError
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Top-level folder -> format name shown in the table.
-_FORMATS = {"scenes.json": "scenes", "images": "images", "coco": "coco", "karpathy": "karpathy", "VOCdevkit": "voc", "imagefolder": "imagefolder", "pairs": "pairs"}
+_FORMATS = {
+    "scenes.json": "scenes",
+    "images": "images",
+    "coco": "coco",
+    "karpathy": "karpathy",
+    "VOCdevkit": "voc",
+    "imagefolder": "imagefolder",
+    "pairs": "pairs",
+}
 
 
 @dataclass
@@ -119,13 +127,37 @@ def _annotation_checks(root: Path, files: dict[str, str]) -> list[tuple[str, Cal
         if parts[:2] == ("coco", "annotations") and path.suffix == ".json":
             kind, _, split = path.stem.partition("_")
             if kind == "captions":
-                checks.append(("coco", lambda p=path, s=split: sum(map(len, open_dataset("coco-captions", root / "images", s, annotation=str(p)).captions))))
+                checks.append(
+                    (
+                        "coco",
+                        lambda p=path, s=split: sum(
+                            map(len, open_dataset("coco-captions", root / "images", s, annotation=str(p)).captions)
+                        ),
+                    )
+                )
             elif kind == "instances":
-                checks.append(("coco", lambda p=path, s=split: len(open_dataset("coco-instances", root / "images", s, annotation=str(p)).coco.anns)))
+                checks.append(
+                    (
+                        "coco",
+                        lambda p=path, s=split: len(
+                            open_dataset("coco-instances", root / "images", s, annotation=str(p)).coco.anns
+                        ),
+                    )
+                )
         elif parts[0] == "karpathy" and path.suffix == ".json":
-            checks.append(("karpathy", lambda p=path: sum(len(open_dataset("karpathy", root, s, annotation=str(p))) for s in _karpathy_splits(p))))
+            checks.append(
+                (
+                    "karpathy",
+                    lambda p=path: sum(len(open_dataset("karpathy", root, s, annotation=str(p))) for s in _karpathy_splits(p)),
+                )
+            )
         elif parts[0] == "VOCdevkit" and parts[2:4] == ("ImageSets", "Segmentation") and path.suffix == ".txt":
-            checks.append(("voc", lambda p=path, d=root.joinpath(*parts[:2]): len(open_dataset("voc", d, p.stem, classnames="classnames.txt"))))
+            checks.append(
+                (
+                    "voc",
+                    lambda p=path, d=root.joinpath(*parts[:2]): len(open_dataset("voc", d, p.stem, classnames="classnames.txt")),
+                )
+            )
         elif parts[0] == "pairs" and path.suffix in (".csv", ".jsonl"):
             checks.append(("pairs", lambda p=path: len(open_dataset("pairs", p, p.stem))))
         elif rel == "scenes.json":

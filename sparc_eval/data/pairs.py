@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from sparc_eval.data.common import ImageDataset, no_other_options, require_images, require_nonempty
 from sparc_eval.data.registry import register_reader

@@ -180,9 +180,17 @@ class _Caption:
         self.text = ""
         self.mentions: list[dict] = []
 
-    def add(self, piece: str, kind: str | None = None, ids: list[int] | None = None) -> "_Caption":
+    def add(self, piece: str, kind: str | None = None, ids: list[int] | None = None) -> _Caption:
         if kind:
-            self.mentions.append({"start": len(self.text), "end": len(self.text) + len(piece), "word": piece, "kind": kind, "instance_ids": list(ids)})
+            self.mentions.append(
+                {
+                    "start": len(self.text),
+                    "end": len(self.text) + len(piece),
+                    "word": piece,
+                    "kind": kind,
+                    "instance_ids": list(ids),
+                }
+            )
         self.text += piece
         return self
 
@@ -252,7 +260,9 @@ def _captions(objs: list[dict], rng: np.random.Generator) -> list[dict]:
 
     def counts() -> _Caption:
         cap = _Caption().add(_NUMBERS[n], "count", all_ids)
-        cap.add(" " + ("shape" if n == 1 else str(rng.choice(["shapes", "objects"]))) + str(rng.choice([": ", ", namely ", " - "])))
+        cap.add(
+            " " + ("shape" if n == 1 else str(rng.choice(["shapes", "objects"]))) + str(rng.choice([": ", ", namely ", " - "]))
+        )
         _join(cap, _groups(objs), lambda g: _noun_phrase(cap, g))
         if n == 1:
             cap.add(" " + _where(objs[0], rng))
@@ -380,7 +390,12 @@ def _make_image(image_id: int, seed: int, side: int, split: str) -> dict:
         if len(xs) == 0:
             raise RuntimeError(f"SynthScenes bug: object {k} of image {image_id} is not visible")
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        obj.update(instance_id=image_id * 10 + k, category_id=category_id(obj["shape"], obj["colour"]), bbox=[x0, y0, x1 - x0, y1 - y0], area=len(xs))
+        obj.update(
+            instance_id=image_id * 10 + k,
+            category_id=category_id(obj["shape"], obj["colour"]),
+            bbox=[x0, y0, x1 - x0, y1 - y0],
+            area=len(xs),
+        )
         obj["_rle"] = {"size": [side, side], "counts": rle["counts"].decode("ascii")}
         obj["_cx"], obj["_cy"] = (x0 + x1) / 2, (y0 + y1) / 2
         obj["_col"] = "left" if obj["_cx"] < side / 3 else "right" if obj["_cx"] > 2 * side / 3 else ""
@@ -416,13 +431,15 @@ def _work(args: tuple) -> list[dict]:
             except OSError:
                 (folder / f"{stem}.png").write_bytes(files[f"images/{stem}.png"])
             md5s[f"imagefolder/{split}/{folder.name}/{stem}.png"] = md5s[f"images/{stem}.png"]
-        records.append({
-            "image_id": image_id,
-            "split": split,
-            "objects": objs,
-            "captions": scene["captions"],
-            "md5s": md5s,
-        })
+        records.append(
+            {
+                "image_id": image_id,
+                "split": split,
+                "objects": objs,
+                "captions": scene["captions"],
+                "md5s": md5s,
+            }
+        )
     return records
 
 
@@ -437,10 +454,20 @@ def _annotation_files(records: list[dict], side: int, splits: dict[str, list[dic
     """Every JSON / text annotation file of the tree, as {relpath: object or str}."""
     out: dict[str, object] = {}
     pub = ("instance_id", "shape", "colour", "size", "category_id", "bbox", "area")
-    out["scenes.json"] = {"images": [{
-        "image_id": r["image_id"], "file_name": f"images/{r['image_id']:06d}.png", "split": r["split"], "width": side, "height": side,
-        "objects": [{k: o[k] for k in pub} for o in r["objects"]], "captions": r["captions"],
-    } for r in records]}
+    out["scenes.json"] = {
+        "images": [
+            {
+                "image_id": r["image_id"],
+                "file_name": f"images/{r['image_id']:06d}.png",
+                "split": r["split"],
+                "width": side,
+                "height": side,
+                "objects": [{k: o[k] for k in pub} for o in r["objects"]],
+                "captions": r["captions"],
+            }
+            for r in records
+        ]
+    }
 
     train_counts = {c: 0 for c in range(1, len(COMBOS) + 1)}
     for r in splits["train"]:
@@ -448,10 +475,16 @@ def _annotation_files(records: list[dict], side: int, splits: dict[str, list[dic
             train_counts[o["category_id"]] += 1
     common = [c for c in sorted(train_counts, key=lambda c: (-train_counts[c], c)) if COMBOS[c - 1] not in RARE]
     frequent = set(common[: len(common) // 2])
-    categories = [{
-        "id": cid, "name": category_name(s, c), "supercategory": s,
-        "frequency": "r" if (s, c) in RARE else "f" if cid in frequent else "c", "image_count": 0,
-    } for cid, (s, c) in enumerate(COMBOS, start=1)]
+    categories = [
+        {
+            "id": cid,
+            "name": category_name(s, c),
+            "supercategory": s,
+            "frequency": "r" if (s, c) in RARE else "f" if cid in frequent else "c",
+            "image_count": 0,
+        }
+        for cid, (s, c) in enumerate(COMBOS, start=1)
+    ]
     for r in splits["train"]:
         for cid in {o["category_id"] for o in r["objects"]}:
             categories[cid - 1]["image_count"] += 1
@@ -460,19 +493,37 @@ def _annotation_files(records: list[dict], side: int, splits: dict[str, list[dic
     for split, recs in splits.items():
         images = [{"id": r["image_id"], "file_name": f"{r['image_id']:06d}.png", "width": side, "height": side} for r in recs]
         out[f"coco/annotations/captions_{split}.json"] = {
-            "info": {"description": f"SynthScenes {split} captions"}, "images": images,
-            "annotations": [{"id": r["image_id"] * 10 + c, "image_id": r["image_id"], "caption": cap["text"]}
-                            for r in recs for c, cap in enumerate(r["captions"])],
+            "info": {"description": f"SynthScenes {split} captions"},
+            "images": images,
+            "annotations": [
+                {"id": r["image_id"] * 10 + c, "image_id": r["image_id"], "caption": cap["text"]}
+                for r in recs
+                for c, cap in enumerate(r["captions"])
+            ],
         }
         inst_images = []
         for img, r in zip(images, recs):
             present = {o["category_id"] for o in r["objects"]}
             # LVIS-style federated fields: SynthScenes labels are exhaustive, so every absent category is a verified negative.
-            inst_images.append({**img, "neg_category_ids": [c for c in all_ids if c not in present], "not_exhaustive_category_ids": []})
+            inst_images.append(
+                {**img, "neg_category_ids": [c for c in all_ids if c not in present], "not_exhaustive_category_ids": []}
+            )
         out[f"coco/annotations/instances_{split}.json"] = {
-            "info": {"description": f"SynthScenes {split} instances"}, "images": inst_images,
-            "annotations": [{"id": o["instance_id"], "image_id": r["image_id"], "category_id": o["category_id"], "bbox": o["bbox"],
-                             "area": o["area"], "segmentation": o["_rle"], "iscrowd": 0} for r in recs for o in r["objects"]],
+            "info": {"description": f"SynthScenes {split} instances"},
+            "images": inst_images,
+            "annotations": [
+                {
+                    "id": o["instance_id"],
+                    "image_id": r["image_id"],
+                    "category_id": o["category_id"],
+                    "bbox": o["bbox"],
+                    "area": o["area"],
+                    "segmentation": o["_rle"],
+                    "iscrowd": 0,
+                }
+                for r in recs
+                for o in r["objects"]
+            ],
             "categories": categories,
         }
 
@@ -482,8 +533,17 @@ def _annotation_files(records: list[dict], side: int, splits: dict[str, list[dic
         for cap in r["captions"]:
             sents.append({"raw": cap["text"], "tokens": _tokens(cap["text"]), "imgid": imgid, "sentid": sentences})
             sentences += 1
-        kimages.append({"filepath": "images", "filename": f"{r['image_id']:06d}.png", "imgid": imgid, "cocoid": r["image_id"],
-                        "split": r["split"], "sentids": [s["sentid"] for s in sents], "sentences": sents})
+        kimages.append(
+            {
+                "filepath": "images",
+                "filename": f"{r['image_id']:06d}.png",
+                "imgid": imgid,
+                "cocoid": r["image_id"],
+                "split": r["split"],
+                "sentids": [s["sentid"] for s in sents],
+                "sentences": sents,
+            }
+        )
     out["karpathy/dataset_synthscenes.json"] = {"dataset": "synthscenes", "images": kimages}
 
     voc = "VOCdevkit/SynthScenes"
@@ -516,7 +576,16 @@ def ensure_synthscenes(data_dir: str | os.PathLike, **params: int) -> Path:
     return target
 
 
-def generate_synthscenes(out: str | os.PathLike, *, seed: int = 0, n_train: int = 4000, n_val: int = 500, image_size: int = 64, workers: int = 0, force: bool = False) -> dict:
+def generate_synthscenes(
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    n_train: int = 4000,
+    n_val: int = 500,
+    image_size: int = 64,
+    workers: int = 0,
+    force: bool = False,
+) -> dict:
     """Write a SynthScenes tree under `out` (see docs/synthscenes.md); return a summary with counts and timing.
 
     The tree is built in a temporary sibling folder and renamed into place, so a failure leaves nothing
@@ -525,12 +594,16 @@ def generate_synthscenes(out: str | os.PathLike, *, seed: int = 0, n_train: int 
     t0 = time.perf_counter()
     out = Path(out)
     if n_train < 1 or n_val < 1 or image_size < 16:
-        raise SparcEvalError(f"SynthScenes needs n_train >= 1, n_val >= 1 and image_size >= 16 (got {n_train}, {n_val}, {image_size})")
+        raise SparcEvalError(
+            f"SynthScenes needs n_train >= 1, n_val >= 1 and image_size >= 16 (got {n_train}, {n_val}, {image_size})"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not force:
             raise SparcEvalError(f"{out} already exists and is not empty; pass --force to replace it")
         if not _is_synthscenes(out):
-            raise SparcEvalError(f"{out} is not a SynthScenes tree (no SynthScenes MANIFEST.json); refusing to replace it even with --force")
+            raise SparcEvalError(
+                f"{out} is not a SynthScenes tree (no SynthScenes MANIFEST.json); refusing to replace it even with --force"
+            )
     total = n_train + 2 * n_val
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -551,9 +624,16 @@ def generate_synthscenes(out: str | os.PathLike, *, seed: int = 0, n_train: int 
             (tmp / rel).write_bytes(data)
             files[rel] = hashlib.md5(data).hexdigest()
         manifest = {
-            "generator": "synthscenes", "generator_version": GENERATOR_VERSION, "seed": seed,
-            "n_train": n_train, "n_val": n_val, "n_test": n_val, "image_size": image_size,
-            "shapes": list(SHAPES), "colours": list(COLOURS), "sizes": list(SIZES),
+            "generator": "synthscenes",
+            "generator_version": GENERATOR_VERSION,
+            "seed": seed,
+            "n_train": n_train,
+            "n_val": n_val,
+            "n_test": n_val,
+            "image_size": image_size,
+            "shapes": list(SHAPES),
+            "colours": list(COLOURS),
+            "sizes": list(SIZES),
             "files": dict(sorted(files.items())),
         }
         (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
@@ -563,8 +643,17 @@ def generate_synthscenes(out: str | os.PathLike, *, seed: int = 0, n_train: int 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - t0
-    return {"out": str(out), "images": total, "train": n_train, "val": n_val, "test": n_val, "files": len(files) + 1,
-            "workers": workers, "seconds": round(seconds, 2), "images_per_s": round(total / seconds, 1)}
+    return {
+        "out": str(out),
+        "images": total,
+        "train": n_train,
+        "val": n_val,
+        "test": n_val,
+        "files": len(files) + 1,
+        "workers": workers,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(total / seconds, 1),
+    }
 
 
 def _is_synthscenes(path: Path) -> bool:

@@ -9,28 +9,110 @@ Label PNGs are read as index images (palette "P" or grey "L"), never converted t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from sparc_eval.data.common import ImageDataset, no_other_options, open_image, read_lines, require_dir, require_images, require_nonempty, resolve
+from sparc_eval.data.common import (
+    ImageDataset,
+    no_other_options,
+    open_image,
+    read_lines,
+    require_dir,
+    require_images,
+    require_nonempty,
+    resolve,
+)
 from sparc_eval.data.registry import register_reader
 from sparc_eval.errors import SparcEvalError
 
 IGNORE = 255
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 CONTEXT59_CLASSES = (
-    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building", "bus",
-    "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow", "cup", "curtain", "dog", "door", "fence",
-    "floor", "flower", "food", "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse",
-    "person", "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow",
-    "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
+    "aeroplane",
+    "bag",
+    "bed",
+    "bedclothes",
+    "bench",
+    "bicycle",
+    "bird",
+    "boat",
+    "book",
+    "bottle",
+    "building",
+    "bus",
+    "cabinet",
+    "car",
+    "cat",
+    "ceiling",
+    "chair",
+    "cloth",
+    "computer",
+    "cow",
+    "cup",
+    "curtain",
+    "dog",
+    "door",
+    "fence",
+    "floor",
+    "flower",
+    "food",
+    "grass",
+    "ground",
+    "horse",
+    "keyboard",
+    "light",
+    "motorbike",
+    "mountain",
+    "mouse",
+    "person",
+    "plate",
+    "platform",
+    "pottedplant",
+    "road",
+    "rock",
+    "sheep",
+    "shelves",
+    "sidewalk",
+    "sign",
+    "sky",
+    "snow",
+    "sofa",
+    "table",
+    "track",
+    "train",
+    "tree",
+    "truck",
+    "tvmonitor",
+    "wall",
+    "water",
+    "window",
+    "wood",
 )
 _LAYOUTS = {  # layout: (label folder, image-set folder, built-in classes, reduce_zero_label)
     "voc": ("SegmentationClass", "ImageSets/Segmentation", VOC_CLASSES, False),
@@ -66,7 +148,9 @@ class SegmentationDataset(ImageDataset):
         bad = (label >= len(self.classnames)) & (label != IGNORE)
         if bad.any():
             value = int(label[bad][0]) + int(self.reduce_zero_label)
-            raise SparcEvalError(f"label {path} holds value {value}, outside the {len(self.classnames)} classes (and not {IGNORE})")
+            raise SparcEvalError(
+                f"label {path} holds value {value}, outside the {len(self.classnames)} classes (and not {IGNORE})"
+            )
         return label
 
     def __getitem__(self, index: int) -> dict:
@@ -78,7 +162,9 @@ class SegmentationDataset(ImageDataset):
 
 
 @register_reader("voc")
-def read_voc(root: Path, split: str, *, transform: Callable | None = None, layout: str = "voc", classnames: str | None = None, **options) -> SegmentationDataset:
+def read_voc(
+    root: Path, split: str, *, transform: Callable | None = None, layout: str = "voc", classnames: str | None = None, **options
+) -> SegmentationDataset:
     """Options: `layout` ("voc" | "context"), `classnames` (file, one per line, index order; else built in)."""
     no_other_options(options, "voc")
     if layout not in _LAYOUTS:

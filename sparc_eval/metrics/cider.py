@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import string
-from typing import Hashable, Mapping, Sequence
-
+from collections.abc import Hashable, Mapping, Sequence
 
 _DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -25,7 +24,9 @@ def cider_available() -> bool:
     return importlib.util.find_spec("pycocoevalcap") is not None
 
 
-def cider(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> tuple[float, dict[Hashable, float]]:
+def cider(
+    predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
+) -> tuple[float, dict[Hashable, float]]:
     """Corpus CIDEr-D (pycocoevalcap's scale, 1.0 = 100 in papers) and the per-image values, keyed like the inputs."""
     try:
         from pycocoevalcap.cider.cider import Cider

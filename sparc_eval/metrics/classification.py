@@ -12,7 +12,7 @@ the numbers are CLIP_benchmark's exactly.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -23,7 +23,8 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,9 @@ def _coco_index(dataset: dict[str, Any]):
     return coco
 
 
-def coco_per_category_ap(gt: dict[str, Any], detections: list[dict[str, Any]]) -> tuple[dict[str, float | None], dict[int, float]]:
+def coco_per_category_ap(
+    gt: dict[str, Any], detections: list[dict[str, Any]]
+) -> tuple[dict[str, float | None], dict[int, float]]:
     """COCOeval's summary AP values and each category's AP (IoU 0.50:0.95, all areas, 100 detections).
 
     A category's AP is the mean of COCOeval's precision array over IoU thresholds and recall
@@ -132,7 +135,9 @@ def lvis_box_metrics(gt: dict[str, Any], detections: list[dict[str, Any]]) -> di
                 raise ValueError(f"image {image.get('id')!r} has no {key!r}; LVIS evaluation needs LVIS-format ground truth")
     for cat in gt["categories"]:
         if cat.get("frequency") not in ("r", "c", "f"):
-            raise ValueError(f"category {cat.get('id')!r} has frequency {cat.get('frequency')!r}; LVIS evaluation needs r, c or f")
+            raise ValueError(
+                f"category {cat.get('id')!r} has frequency {cat.get('frequency')!r}; LVIS evaluation needs r, c or f"
+            )
     if not detections:
         # lvis.LVISResults cannot load an empty list. Without detections the federated filters have
         # nothing to act on and LVISEval reduces to COCOeval on non-crowd ground truth (lvis has no crowd

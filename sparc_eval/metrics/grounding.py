@@ -71,7 +71,9 @@ def score_word(weights: torch.Tensor, coverage: torch.Tensor) -> WordScore:
     )
 
 
-def softmax_alignment_weights(token_emb: torch.Tensor, patch_emb: torch.Tensor, inv_temperature: torch.Tensor | float) -> torch.Tensor:
+def softmax_alignment_weights(
+    token_emb: torch.Tensor, patch_emb: torch.Tensor, inv_temperature: torch.Tensor | float
+) -> torch.Tensor:
     """Weights [B, L, P] for models without SPARC's alignment: softmax over patches of scale * cos(token, patch)."""
     tok = torch.nn.functional.normalize(token_emb, dim=-1)
     patch = torch.nn.functional.normalize(patch_emb, dim=-1)

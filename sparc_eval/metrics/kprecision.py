@@ -17,9 +17,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Callable, Sequence
-
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
@@ -77,7 +76,12 @@ def noun_adj_tokens(prediction: str, tagger: Tagger) -> list[str]:
     if not words:
         return []
     tags = tagger(words)
-    return [tok for word, tag in zip(words, tags, strict=True) if tag in NOUN_ADJ_TAGS for tok in _ARTICLES.sub(" ", word.lower()).split()]
+    return [
+        tok
+        for word, tag in zip(words, tags, strict=True)
+        if tag in NOUN_ADJ_TAGS
+        for tok in _ARTICLES.sub(" ", word.lower()).split()
+    ]
 
 
 def k_precision_na(

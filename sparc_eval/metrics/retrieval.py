@@ -16,7 +16,7 @@ than the precision of the embeddings.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -35,7 +35,9 @@ def retrieval_ranks(
     """
     n_img, n_txt = image_emb.shape[0], text_emb.shape[0]
     if text_emb.shape[1:] != image_emb.shape[1:] or text_image.shape != (n_txt,):
-        raise ValueError(f"shape mismatch: images {tuple(image_emb.shape)}, texts {tuple(text_emb.shape)}, text_image {tuple(text_image.shape)}")
+        raise ValueError(
+            f"shape mismatch: images {tuple(image_emb.shape)}, texts {tuple(text_emb.shape)}, text_image {tuple(text_image.shape)}"
+        )
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
     device = image_emb.device

@@ -33,7 +33,9 @@ def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int, igno
     gt, pr = label[keep].astype(np.int64), pred[keep].astype(np.int64)
     for name, values in (("label", gt), ("prediction", pr)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"{name} value {int(values.max() if values.max() >= num_classes else values.min())} outside [0, {num_classes})")
+            raise ValueError(
+                f"{name} value {int(values.max() if values.max() >= num_classes else values.min())} outside [0, {num_classes})"
+            )
     return np.bincount(gt * num_classes + pr, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
@@ -47,20 +49,20 @@ class Areas:
     label: np.ndarray
 
     @classmethod
-    def from_confusion(cls, cm: np.ndarray) -> "Areas":
+    def from_confusion(cls, cm: np.ndarray) -> Areas:
         intersect = np.diag(cm).astype(np.int64)
         label, pred = cm.sum(1).astype(np.int64), cm.sum(0).astype(np.int64)
         return cls(intersect, label + pred - intersect, pred, label)
 
     @classmethod
-    def from_counts(cls, intersect, union, label) -> "Areas":
+    def from_counts(cls, intersect, union, label) -> Areas:
         """Rebuild from the three counts a per-sample record stores (pred = union - label + intersect)."""
         i, u, lab = (np.asarray(x, dtype=np.int64) for x in (intersect, union, label))
         if not (i.shape == u.shape == lab.shape) or i.ndim != 1:
             raise ValueError(f"intersect / union / label counts must be 1-D of one length, got {i.shape}, {u.shape}, {lab.shape}")
         return cls(i, u, u - lab + i, lab)
 
-    def __add__(self, other: "Areas") -> "Areas":
+    def __add__(self, other: Areas) -> Areas:
         return Areas(self.intersect + other.intersect, self.union + other.union, self.pred + other.pred, self.label + other.label)
 
 

@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +82,9 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     if not folder.exists():
         raise SparcEvalError(f"checkpoint {folder} does not exist")
     if not folder.is_dir():
-        raise SparcEvalError(f"checkpoint {folder} is not a folder (a sparc-eval checkpoint holds {WEIGHTS_FILE} and {CONFIG_FILE})")
+        raise SparcEvalError(
+            f"checkpoint {folder} is not a folder (a sparc-eval checkpoint holds {WEIGHTS_FILE} and {CONFIG_FILE})"
+        )
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise SparcEvalError(f"checkpoint {folder} has no {CONFIG_FILE}")
@@ -90,11 +93,13 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SparcEvalError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise SparcEvalError(f"{path} is not a sparc-eval checkpoint config (no \"format\": \"{FORMAT}\")")
+        raise SparcEvalError(f'{path} is not a sparc-eval checkpoint config (no "format": "{FORMAT}")')
     if config.get("format_version") != FORMAT_VERSION:
-        raise SparcEvalError(f"{path} has format_version {config.get('format_version')!r}; this sparc-eval reads {FORMAT_VERSION}")
+        raise SparcEvalError(
+            f"{path} has format_version {config.get('format_version')!r}; this sparc-eval reads {FORMAT_VERSION}"
+        )
     if not isinstance(config.get("model"), dict) or "arch" not in config["model"]:
-        raise SparcEvalError(f"{path} has no model config with an \"arch\"")
+        raise SparcEvalError(f'{path} has no model config with an "arch"')
     return config
 
 
@@ -120,7 +125,9 @@ def load_state_dict_checked(model: nn.Module, tensors: Mapping[str, torch.Tensor
     if missing:
         raise SparcEvalError(f"{source} does not fit architecture {arch}: it lacks tensor {missing[0]} ({len(missing)} missing)")
     if unexpected:
-        raise SparcEvalError(f"{source} does not fit architecture {arch}: it has tensor {unexpected[0]} the model lacks ({len(unexpected)} unexpected)")
+        raise SparcEvalError(
+            f"{source} does not fit architecture {arch}: it has tensor {unexpected[0]} the model lacks ({len(unexpected)} unexpected)"
+        )
     for key, want in expected.items():
         got = tensors[key]
         if tuple(got.shape) != tuple(want.shape):
@@ -139,8 +146,11 @@ def load_checkpoint(folder: str | os.PathLike) -> nn.Module:
     cfg = config["model"]
     try:
         model = create_model(
-            cfg["arch"], embed_dim=cfg["embed_dim"], quick_gelu=cfg.get("quick_gelu", False),
-            vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"],
+            cfg["arch"],
+            embed_dim=cfg["embed_dim"],
+            quick_gelu=cfg.get("quick_gelu", False),
+            vision_cfg=cfg["vision_cfg"],
+            text_cfg=cfg["text_cfg"],
         )
     except SparcEvalError as exc:
         raise SparcEvalError(f"{folder / CONFIG_FILE}: {exc}") from None

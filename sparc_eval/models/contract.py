@@ -6,7 +6,8 @@ raw dot products); global outputs are L2-normalised. Every model is a torch.nn.M
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from PIL import Image

@@ -16,8 +16,8 @@ import importlib
 import logging
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -55,7 +55,7 @@ def load_model(ref: str, *, trust_pickle: bool = False) -> nn.Module:
     if ref.endswith((".yaml", ".yml")) and not ref.startswith("card:"):  # a checkpoint card given by path
         ref = "card:" + ref
     prefix = max((p for p in LOADERS if ref.startswith(p)), key=len)
-    model = LOADERS[prefix](ref[len(prefix):], trust_pickle=trust_pickle)
+    model = LOADERS[prefix](ref[len(prefix) :], trust_pickle=trust_pickle)
     return model.eval()
 
 
@@ -89,10 +89,14 @@ def read_weights_file(path: Path, *, trust_pickle: bool) -> dict[str, torch.Tens
             raise SparcEvalError(f"{path} is not a readable torch weights file ({str(exc).splitlines()[0]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
         raise SparcEvalError(f"{path} does not hold a state dict of named tensors")
     if all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -118,7 +122,9 @@ def _load_openclip(spec: str, *, trust_pickle: bool) -> nn.Module:
             tag_cfg = open_clip.get_pretrained_cfg(arch, source)
             if not tag_cfg:
                 tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
-                raise SparcEvalError(f"{source!r} in {ref} is neither a weights file nor a pretrained tag of {arch} (tags: {tags})")
+                raise SparcEvalError(
+                    f"{source!r} in {ref} is neither a weights file nor a pretrained tag of {arch} (tags: {tags})"
+                )
             weights = _download_tag(arch, source, tag_cfg)
         tensors = read_weights_file(weights, trust_pickle=trust_pickle)
     preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}

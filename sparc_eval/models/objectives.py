@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,9 @@ def _check_alignment_options(sparsity: bool, weights: str) -> None:
     if weights not in ALIGNMENT_WEIGHTS:
         raise SparcEvalError(f"unknown alignment weights {weights!r}; use one of {', '.join(ALIGNMENT_WEIGHTS)}")
     if weights == "softmax" and sparsity:
-        raise SparcEvalError("softmax alignment weights replace min-max normalisation and thresholding; pass sparsity=False with weights='softmax'")
+        raise SparcEvalError(
+            "softmax alignment weights replace min-max normalisation and thresholding; pass sparsity=False with weights='softmax'"
+        )
 
 
 def sparc_alignment_weights(
@@ -228,7 +231,13 @@ class SparcObjective(nn.Module):
         return parts
 
     def describe(self) -> dict[str, Any]:
-        described = {"name": self.name, "lambda_g": self.lambda_g, "lambda_f": self.lambda_f, "sparsity": self.sparsity, "weights": self.weights}
+        described = {
+            "name": self.name,
+            "lambda_g": self.lambda_g,
+            "lambda_f": self.lambda_f,
+            "sparsity": self.sparsity,
+            "weights": self.weights,
+        }
         # Departures are named only when on, so that records of paper-SPARC checkpoints stay as they were.
         if self.fine_tokens != "all":
             described["fine_tokens"] = self.fine_tokens

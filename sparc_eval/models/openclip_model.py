@@ -25,7 +25,9 @@ def check_supported(arch: str, model_cfg: dict[str, Any]) -> None:
     if vision.get("timm_model_name") or isinstance(vision.get("layers"), (list, tuple)) or vision.get("attentional_pool"):
         raise SparcEvalError(f"open_clip architecture {arch!r} has no plain ViT image tower, so it has no patch embeddings")
     if text.get("hf_model_name") or text.get("hf_tokenizer_name") or text.get("embed_cls") or "multimodal_cfg" in model_cfg:
-        raise SparcEvalError(f"open_clip architecture {arch!r} needs a text tower or tokenizer sparc-eval does not support (only open_clip's BPE text transformer)")
+        raise SparcEvalError(
+            f"open_clip architecture {arch!r} needs a text tower or tokenizer sparc-eval does not support (only open_clip's BPE text transformer)"
+        )
 
 
 class OpenClipModel(nn.Module):

@@ -156,8 +156,12 @@ class SparcModel(nn.Module):
         self.tokenizer = open_clip.SimpleTokenizer(context_length=config["tokenizer"]["context_length"])
         pp = config["preprocess"]
         self.preprocess = open_clip.image_transform(
-            pp["size"], is_train=False, mean=tuple(pp["mean"]), std=tuple(pp["std"]),
-            interpolation=pp["interpolation"], resize_mode=pp["resize_mode"],
+            pp["size"],
+            is_train=False,
+            mean=tuple(pp["mean"]),
+            std=tuple(pp["std"]),
+            interpolation=pp["interpolation"],
+            resize_mode=pp["resize_mode"],
         )
         # Set by loaders (checkpoint reference and weights-file hash) for result records.
         self.provenance: dict[str, Any] = {}
@@ -232,7 +236,10 @@ class SparcModel(nn.Module):
             "sha256": prov["sha256"],
             "arch": self.config["arch"],
             "objective": prov.get("objective"),
-            "dense_heads": {"global": "g_v(h_v(patch)) (paper App. D.7)", "local": "g_v(patch) (aligned by the fine-grained loss)"},
+            "dense_heads": {
+                "global": "g_v(h_v(patch)) (paper App. D.7)",
+                "local": "g_v(patch) (aligned by the fine-grained loss)",
+            },
             "embed_dim": self.config["embed_dim"],
             "image_size": self.config["preprocess"]["size"],
             "patch_grid": list(self.visual.grid_size),

@@ -77,7 +77,9 @@ def render_html(table: ResultsTable, title: str) -> str:
         title=html.escape(title),
         summary=html.escape(_summary(table)),
         table=_html_table(table),
-        charts="\n".join(_family_chart(table, family) for family in FAMILY_ORDER if any(c.family == family for c in table.columns)),
+        charts="\n".join(
+            _family_chart(table, family) for family in FAMILY_ORDER if any(c.family == family for c in table.columns)
+        ),
     )
 
 
@@ -103,7 +105,9 @@ def _spans(keys: list[str]) -> list[tuple[str, int]]:
 
 def _card_versions(table: ResultsTable, task: str) -> str:
     """The task card version(s) behind a column; rows scored under different versions are flagged."""
-    versions = sorted({e.record.task.get("version") for entries in table.rows.values() for e in entries if e.task == task}, key=str)
+    versions = sorted(
+        {e.record.task.get("version") for entries in table.rows.values() for e in entries if e.task == task}, key=str
+    )
     text = "/".join(f"v{v}" for v in versions)
     if len(versions) > 1:
         return f'<span class="mixed" title="rows were scored under different card versions">{text} (mixed)</span>'
@@ -131,15 +135,23 @@ def _html_table(table: ResultsTable) -> str:
         + _sort_button("evaluated", n_metrics + 1, "text", "descending", rowspan=3)
         + '<th scope="col" rowspan="3">provenance</th></tr>'
     )
-    out.append("<tr>" + "".join(f'<th colspan="{n}">{html.escape(t)} {_card_versions(table, t)}</th>'
-                                for t, n in _spans([c.task for c in cols])) + "</tr>")
+    out.append(
+        "<tr>"
+        + "".join(
+            f'<th colspan="{n}">{html.escape(t)} {_card_versions(table, t)}</th>' for t, n in _spans([c.task for c in cols])
+        )
+        + "</tr>"
+    )
     out.append(
         "<tr>"
         + "".join(
             _sort_button(
-                f"{c.metric} {direction_arrow(c.higher_is_better)}", i + 1, "number",
+                f"{c.metric} {direction_arrow(c.higher_is_better)}",
+                i + 1,
+                "number",
                 "descending" if c.higher_is_better else "ascending",
-                title=f"{c.task} / {c.metric}: " + {True: "higher is better", False: "lower is better", None: "descriptive"}[c.higher_is_better],
+                title=f"{c.task} / {c.metric}: "
+                + {True: "higher is better", False: "lower is better", None: "descriptive"}[c.higher_is_better],
             )
             for i, c in enumerate(cols)
         )
@@ -149,10 +161,12 @@ def _html_table(table: ResultsTable) -> str:
     best = {c: _best(table, c) for c in cols}
     for label, entries in table.rows.items():
         p = row_provenance(entries)
-        cells = [f'<th scope="row" data-value="{html.escape(label)}">{html.escape(entries[0].name)} '
-                 f'<span class="sha">{html.escape(p["sha256"][:8])}</span>'
-                 + (f' <span class="sha">limit {entries[0].record.limit}</span>' if entries[0].record.limit is not None else "")
-                 + "</th>"]
+        cells = [
+            f'<th scope="row" data-value="{html.escape(label)}">{html.escape(entries[0].name)} '
+            f'<span class="sha">{html.escape(p["sha256"][:8])}</span>'
+            + (f' <span class="sha">limit {entries[0].record.limit}</span>' if entries[0].record.limit is not None else "")
+            + "</th>"
+        ]
         for c in cols:
             value = table.cell(label, c)
             if value == "":
@@ -164,7 +178,7 @@ def _html_table(table: ResultsTable) -> str:
                 cells.append(f'<td class="{cls}" data-value="{value!r}">{format_value(value)}</td>')
         cells.append(f'<td class="date" data-value="{html.escape(p["evaluated"])}">{html.escape(p["evaluated"][:10])}</td>')
         cards = "".join(
-            f"<li>{html.escape(c['task'])} v{c['version']} · card <span class=\"sha\">{html.escape(str(c['card_sha256'])[:12])}</span>"
+            f'<li>{html.escape(c["task"])} v{c["version"]} · card <span class="sha">{html.escape(str(c["card_sha256"])[:12])}</span>'
             f" · {html.escape(c['created_at'])} · n={c['n_samples']}</li>"
             for c in p["cards"]
         )
@@ -208,7 +222,7 @@ def _family_chart(table: ResultsTable, family: str) -> str:
         lo, hi = min([0.0, *values]), max([0.0, *values])
         span = (hi - lo) or 1.0
 
-        def x(v: float) -> float:
+        def x(v: float, lo: float = lo, span: float = span) -> float:
             return _LABEL_W + (v - lo) / span * _BAR_W
 
         group_h = len(labels) * (_BAR_H + _BAR_GAP)
@@ -228,8 +242,10 @@ def _family_chart(table: ResultsTable, family: str) -> str:
                 )
                 parts.append(f'<text x="{max(x1, x(0.0)) + 4:.1f}" y="{y + _BAR_H - 2}">{format_value(value)}</text>')
             else:
-                parts.append(f'<text x="{x(0.0) + 4:.1f}" y="{y + _BAR_H - 2}" fill="#59636e"><title>{tip}</title>'
-                             f"{'n/a' if value is None else '–'}</text>")
+                parts.append(
+                    f'<text x="{x(0.0) + 4:.1f}" y="{y + _BAR_H - 2}" fill="#59636e"><title>{tip}</title>'
+                    f"{'n/a' if value is None else '–'}</text>"
+                )
             y += _BAR_H + _BAR_GAP
         y += _GROUP_GAP
     height = y + 4

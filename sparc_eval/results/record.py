@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import write_json_atomic, write_jsonl_atomic
@@ -51,9 +52,11 @@ class ResultRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any], source: str) -> "ResultRecord":
+    def from_json(cls, raw: dict[str, Any], source: str) -> ResultRecord:
         if raw.get("schema_version") != SCHEMA_VERSION:
-            raise SparcEvalError(f"{source}: result record schema version {raw.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+            raise SparcEvalError(
+                f"{source}: result record schema version {raw.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+            )
         try:
             metrics = {k: MetricValue(**v) for k, v in raw["metrics"].items()}
             return cls(**{**raw, "metrics": metrics})

@@ -147,7 +147,9 @@ def compare_results(
     report = RegressionReport(str(baseline_dir), str(results_dir), tolerance, alpha, n_bootstrap, seed, exact)
     for folder, superseded in ((baseline_dir, baseline_superseded), (results_dir, new_superseded)):
         if superseded:
-            report.notes.append(f"{folder}: {len(superseded)} older record(s) for the same checkpoint and task ignored (newest wins)")
+            report.notes.append(
+                f"{folder}: {len(superseded)} older record(s) for the same checkpoint and task ignored (newest wins)"
+            )
 
     new_by_key = {(e.name, e.task): e for e in new}
     for base in baseline:
@@ -370,15 +372,28 @@ def render_report(report: RegressionReport, console: Console) -> None:
         console.print(problems)
     for checkpoint in dict.fromkeys(m.checkpoint for m in report.metrics):
         metrics = Table(title=f"{checkpoint}: metrics")
-        for column, justify in (("task", "left"), ("metric", "left"), ("baseline", "right"), ("new", "right"),
-                                ("Δ", "right"), ("test", "left"), ("p", "right"), ("status", "left")):
+        for column, justify in (
+            ("task", "left"),
+            ("metric", "left"),
+            ("baseline", "right"),
+            ("new", "right"),
+            ("Δ", "right"),
+            ("test", "left"),
+            ("p", "right"),
+            ("status", "left"),
+        ):
             metrics.add_column(column, justify=justify, no_wrap=column != "task")  # type: ignore[arg-type]
         previous = None
         for m in (m for m in report.metrics if m.checkpoint == checkpoint):
             metrics.add_row(
-                m.task if m.task != previous else "", f"{m.metric} {'↑' if m.higher_is_better else '↓'}",
-                _fmt(m.baseline), _fmt(m.new), _fmt(m.delta, signed=True), m.test,
-                "" if m.p_value is None else f"{m.p_value:.3g}", f"[{_STATUS_STYLE[m.status]}]{m.status}[/]",
+                m.task if m.task != previous else "",
+                f"{m.metric} {'↑' if m.higher_is_better else '↓'}",
+                _fmt(m.baseline),
+                _fmt(m.new),
+                _fmt(m.delta, signed=True),
+                m.test,
+                "" if m.p_value is None else f"{m.p_value:.3g}",
+                f"[{_STATUS_STYLE[m.status]}]{m.status}[/]",
             )
             previous = m.task
         console.print(metrics)

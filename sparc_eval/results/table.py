@@ -10,9 +10,10 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -189,8 +190,15 @@ def render_csv(table: ResultsTable) -> str:
         cards = "; ".join(f"{c['task']} v{c['version']}" for c in provenance["cards"])
         cells = [table.cell(label, c) for c in table.columns]
         writer.writerow(
-            [label, first.name, first.sha256, "" if first.record.limit is None else first.record.limit,
-             provenance["evaluated"], cards, *("" if v is None else v for v in cells)]
+            [
+                label,
+                first.name,
+                first.sha256,
+                "" if first.record.limit is None else first.record.limit,
+                provenance["evaluated"],
+                cards,
+                *("" if v is None else v for v in cells),
+            ]
         )
     return buf.getvalue()
 

@@ -7,8 +7,9 @@ Scores are percent (K-P, K-Pna) and x100 (CIDEr-D), as papers report them.
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.metrics.cider import cider, cider_available
@@ -31,7 +32,9 @@ def score_captions(
         rows.append(
             {
                 "kp": 100.0 * k_precision(pred, refs, max_over_captions=max_over_captions),
-                "kpna": None if tagger is None else 100.0 * k_precision_na(pred, refs, max_over_captions=max_over_captions, tagger=tagger),
+                "kpna": None
+                if tagger is None
+                else 100.0 * k_precision_na(pred, refs, max_over_captions=max_over_captions, tagger=tagger),
                 "cider": None if ciders is None else 100.0 * ciders[i],
             }
         )
@@ -52,7 +55,8 @@ def scoring_info(max_over_captions: bool) -> dict[str, str]:
     return {
         "references": "max over the reference captions" if max_over_captions else "reference captions joined into one",
         "kp": "K-Precision (Adlakha et al. 2023, instruct-qa normalisation), percent",
-        "kpna": pos_tagger_description() or "no part-of-speech tagger installed (pip install 'sparc-eval[caption]'): kpna is null",
+        "kpna": pos_tagger_description()
+        or "no part-of-speech tagger installed (pip install 'sparc-eval[caption]'): kpna is null",
         "cider": "pycocoevalcap CIDEr-D x 100, captions lowercased and stripped of punctuation (no Java PTB tokenizer)"
         if cider_available()
         else "pycocoevalcap not installed (pip install 'sparc-eval[caption]'): cider is null",
@@ -85,7 +89,9 @@ def load_coco_results(path: str | Path) -> dict[Hashable, str]:
     path = Path(path)
     raw = _load_json(path, "predictions file")
     if not isinstance(raw, list) or not raw:
-        raise SparcEvalError(f"predictions file {path} must be a non-empty JSON list of {{\"image_id\", \"caption\"}} objects (COCO results format)")
+        raise SparcEvalError(
+            f'predictions file {path} must be a non-empty JSON list of {{"image_id", "caption"}} objects (COCO results format)'
+        )
     out: dict[Hashable, str] = {}
     for i, item in enumerate(raw):
         image_id, caption = _caption_item(item, path, f"item {i}")

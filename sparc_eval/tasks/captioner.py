@@ -16,9 +16,9 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,7 @@ class Vocabulary:
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_count: int) -> "Vocabulary":
+    def build(cls, captions: Iterable[str], min_count: int) -> Vocabulary:
         counts = Counter(w for c in captions for w in words_of(c))
         kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
         return cls(kept)
@@ -185,7 +185,9 @@ def save_captioner(path: Path, captioner: Captioner, vocab: Vocabulary, fit_info
     from safetensors.torch import save_file
 
     meta = {
-        "format": _FORMAT, "config": json.dumps(asdict(captioner.cfg)), "vocabulary": json.dumps(vocab.itos),
+        "format": _FORMAT,
+        "config": json.dumps(asdict(captioner.cfg)),
+        "vocabulary": json.dumps(vocab.itos),
         "fit": json.dumps(fit_info),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in captioner.state_dict().items()}
@@ -203,7 +205,7 @@ def load_captioner(path: Path) -> tuple[Captioner, Vocabulary, dict]:
             state = {k: f.get_tensor(k) for k in f.keys()}
         if meta.get("format") != _FORMAT:
             raise ValueError(f"format {meta.get('format')!r}")
-        vocab = Vocabulary(json.loads(meta["vocabulary"])[len(SPECIALS):])
+        vocab = Vocabulary(json.loads(meta["vocabulary"])[len(SPECIALS) :])
         captioner = Captioner(CaptionerConfig(**json.loads(meta["config"])))
         captioner.load_state_dict(state)
         fit_info = json.loads(meta["fit"])

@@ -96,19 +96,32 @@ class CaptioningRunner(Runner):
         captions = [c for caps in dataset.captions for c in caps]
         vocab = Vocabulary.build(captions, p.min_word_count)
         loader = DataLoader(
-            dataset, batch_size=p.batch_size, shuffle=True, num_workers=self.ctx.num_workers, collate_fn=_collate,
+            dataset,
+            batch_size=p.batch_size,
+            shuffle=True,
+            num_workers=self.ctx.num_workers,
+            collate_fn=_collate,
             generator=torch.Generator().manual_seed(self.ctx.seed),
         )
         in_dim = self._patches(model, dataset[0]["image"][None]).shape[-1]
         cfg = CaptionerConfig(
-            in_dim=in_dim, vocab_size=len(vocab), width=p.width, heads=p.heads, latents=p.latents,
-            resampler_layers=p.resampler_layers, decoder_layers=p.decoder_layers, max_length=p.max_length, dropout=p.dropout,
+            in_dim=in_dim,
+            vocab_size=len(vocab),
+            width=p.width,
+            heads=p.heads,
+            latents=p.latents,
+            resampler_layers=p.resampler_layers,
+            decoder_layers=p.decoder_layers,
+            max_length=p.max_length,
+            dropout=p.dropout,
         )
         torch.manual_seed(self.ctx.seed)
         captioner = Captioner(cfg).to(self.ctx.device).train()
         optimizer = torch.optim.AdamW(captioner.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         total = p.epochs * len(loader)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total, max(1, round(p.warmup_fraction * total))))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: cosine_lr(s, total, max(1, round(p.warmup_fraction * total)))
+        )
         start, loss_value = time.perf_counter(), float("nan")
         with make_progress() as progress:
             bar = progress.add_task("fitting captioner", total=total, info="")
@@ -128,8 +141,12 @@ class CaptioningRunner(Runner):
                     loss_value = loss.item()
                     progress.update(bar, advance=1, info=f"epoch {epoch + 1}/{p.epochs} loss {loss_value:.3f}")
         self.fit_info = {
-            "train_images": len(dataset), "train_captions": len(captions), "epochs": p.epochs, "steps": total,
-            "final_loss": round(loss_value, 4), "fit_seconds": round(time.perf_counter() - start, 1),
+            "train_images": len(dataset),
+            "train_captions": len(captions),
+            "epochs": p.epochs,
+            "steps": total,
+            "final_loss": round(loss_value, 4),
+            "fit_seconds": round(time.perf_counter() - start, 1),
         }
         save_captioner(path, captioner.eval(), vocab, self.fit_info)
         self.captioner, self.vocab = captioner.eval(), vocab
@@ -163,7 +180,13 @@ class CaptioningRunner(Runner):
             "fit": {**self.fit_info, "cache_file": str(self._cache_file())},
             **scoring_info(self.params.max_over_captions),
         }
-        return TaskOutput(metrics=mean_scores(samples), samples=samples, n_samples=len(samples), info=info, artifacts={"captions": captions_file.name})
+        return TaskOutput(
+            metrics=mean_scores(samples),
+            samples=samples,
+            n_samples=len(samples),
+            info=info,
+            artifacts={"captions": captions_file.name},
+        )
 
     @classmethod
     def aggregate(cls, samples: list[dict[str, Any]], params: Any) -> dict[str, float | None]:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from sparc_eval.data.synth import synthscenes_dir
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import read_yaml_card, sha256_text, write_text_atomic

@@ -75,16 +75,18 @@ class ClassificationRunner(Runner):
             # Ties in the listed predictions go to the lower class index; `rank` counts them against the model.
             top = scores.sort(dim=1, descending=True, stable=True).indices[:, :k].tolist()
             for i, (path, label, rank, pred) in enumerate(zip(batch["path"], labels.tolist(), ranks, top)):
-                samples.append({
-                    "id": _relative(path, root),
-                    "path": path,
-                    "label": label,
-                    "class": classnames[label][0],
-                    "predictions": pred,
-                    "rank": rank,
-                    "top1": top1[i],
-                    "top5": top5[i] if num_classes >= TOP_K else None,
-                })
+                samples.append(
+                    {
+                        "id": _relative(path, root),
+                        "path": path,
+                        "label": label,
+                        "class": classnames[label][0],
+                        "predictions": pred,
+                        "rank": rank,
+                        "top1": top1[i],
+                        "top5": top5[i] if num_classes >= TOP_K else None,
+                    }
+                )
         info = {
             "classnames": self.params.classnames or "dataset class-name file",
             "n_classes": num_classes,

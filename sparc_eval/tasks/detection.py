@@ -103,7 +103,7 @@ class GroundTruth:
         self.frequency = {c["id"]: c.get("frequency") for c in self.categories}
 
     @classmethod
-    def of(cls, dataset, spec: DatasetSpec) -> "GroundTruth":
+    def of(cls, dataset, spec: DatasetSpec) -> GroundTruth:
         if spec.format not in _ANNOTATION_API:
             raise SparcEvalError(f"detection needs a dataset of format {' or '.join(_ANNOTATION_API)}, not {spec.format!r}")
         raw = getattr(dataset, _ANNOTATION_API[spec.format]).dataset
@@ -111,8 +111,12 @@ class GroundTruth:
         annotations: dict[int, list[dict]] = defaultdict(list)
         for ann in raw["annotations"]:
             bbox = ann.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
-                raise SparcEvalError(f"annotation {ann.get('id')} in {source} has bbox {bbox!r}; expected [x, y, width, height] of 4 finite numbers")
+            if not (
+                isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+            ):
+                raise SparcEvalError(
+                    f"annotation {ann.get('id')} in {source} has bbox {bbox!r}; expected [x, y, width, height] of 4 finite numbers"
+                )
             if bbox[2] < 0 or bbox[3] < 0:
                 raise SparcEvalError(f"annotation {ann.get('id')} in {source} has bbox {bbox!r} with a negative width or height")
             annotations[ann["image_id"]].append(ann)
@@ -163,10 +167,14 @@ class GroundTruth:
         for img in self.images.values():
             for key in ("neg_category_ids", "not_exhaustive_category_ids"):
                 if key not in img:
-                    raise SparcEvalError(f"image {img['id']} in {self.source} has no {key!r}; protocol 'lvis' needs LVIS-format annotations")
+                    raise SparcEvalError(
+                        f"image {img['id']} in {self.source} has no {key!r}; protocol 'lvis' needs LVIS-format annotations"
+                    )
         for cat in self.categories:
             if cat.get("frequency") not in ("r", "c", "f"):
-                raise SparcEvalError(f"category {cat['id']} in {self.source} has frequency {cat.get('frequency')!r}; protocol 'lvis' needs r, c or f")
+                raise SparcEvalError(
+                    f"category {cat['id']} in {self.source} has frequency {cat.get('frequency')!r}; protocol 'lvis' needs r, c or f"
+                )
 
 
 def classname(category: dict) -> str:
@@ -190,7 +198,16 @@ def samples_to_coco(samples: list[dict[str, Any]]) -> tuple[dict[str, Any], list
         images.append(image)
         gt = sample["ground_truth"]
         for box, cat, area, crowd, freq in zip(gt["boxes"], gt["category_ids"], gt["areas"], gt["iscrowd"], gt["frequencies"]):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat, "bbox": box, "area": area, "iscrowd": crowd})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "bbox": box,
+                    "area": area,
+                    "iscrowd": crowd,
+                }
+            )
             frequency[cat] = freq
         det = sample["detections"]
         for box, cat, score in zip(det["boxes"], det["category_ids"], det["scores"]):
@@ -232,12 +249,20 @@ class DetectionRunner(Runner):
         for key, ok in checks.items():
             if not ok:
                 limit = f" (at most {_LVIS_MAX_DETS} for protocol 'lvis')" if key == "top_k" else ""
-                raise SparcEvalError(f"task card {card.path}: params key {key!r} has invalid value {getattr(params, key)!r}{limit}")
+                raise SparcEvalError(
+                    f"task card {card.path}: params key {key!r} has invalid value {getattr(params, key)!r}{limit}"
+                )
         if card.fit_dataset is None:
-            raise SparcEvalError(f"task card {card.path}: runner 'detection' needs a 'fit_dataset' (the split the heads are fitted on)")
+            raise SparcEvalError(
+                f"task card {card.path}: runner 'detection' needs a 'fit_dataset' (the split the heads are fitted on)"
+            )
         if card.dataset.format == "lvis" and params.protocol != "lvis":
-            raise SparcEvalError(f"task card {card.path}: LVIS data needs protocol 'lvis' (COCOeval ignores LVIS's federated labels)")
-        self.weights = LossWeights(params.class_weight, params.l1_weight, params.giou_weight, params.focal_alpha, params.focal_gamma)
+            raise SparcEvalError(
+                f"task card {card.path}: LVIS data needs protocol 'lvis' (COCOeval ignores LVIS's federated labels)"
+            )
+        self.weights = LossWeights(
+            params.class_weight, params.l1_weight, params.giou_weight, params.focal_alpha, params.focal_gamma
+        )
         self.head: OwlHead | None = None
         self.fit_info: dict[str, Any] = {}
 
@@ -263,7 +288,9 @@ class DetectionRunner(Runner):
         with_boxes = {a["category_id"] for anns in gt.annotations.values() for a in anns if not a.get("iscrowd", 0)}
         fit_categories = [c for c in gt.categories if c["id"] in with_boxes and c.get("frequency") not in p.holdout_frequencies]
         if not fit_categories:
-            raise SparcEvalError(f"fit dataset {gt.source} has no (non-crowd) box annotations of a category outside holdout_frequencies to fit detection heads on")
+            raise SparcEvalError(
+                f"fit dataset {gt.source} has no (non-crowd) box annotations of a category outside holdout_frequencies to fit detection heads on"
+            )
         class_index = {c["id"]: i for i, c in enumerate(fit_categories)}
         targets = {image_id: gt.targets(image_id, class_index) for image_id in gt.images}
         n_boxes = sum(len(t.labels) for t in targets.values())
@@ -295,7 +322,9 @@ class DetectionRunner(Runner):
                     with torch.set_grad_enabled(p.train_backbone), self.ctx.autocast():
                         dense, _ = model.encode_image_dense(batch["images"].to(device), head=p.dense_head)
                     if p.train_backbone:  # a fresh text pass each step, so the text side gets gradients
-                        queries = class_text_embeddings(model, [classname(c) for c in fit_categories], self.templates, dataclasses.replace(self.ctx, memo={}))
+                        queries = class_text_embeddings(
+                            model, [classname(c) for c in fit_categories], self.templates, dataclasses.replace(self.ctx, memo={})
+                        )
                     else:
                         queries = frozen_queries
                     logits, boxes = head(dense.float(), queries)
@@ -344,7 +373,9 @@ class DetectionRunner(Runner):
             if self.params.train_backbone:
                 load_model(model, str(backbone_file), device=str(self.ctx.device))
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
-            raise SparcEvalError(f"cached detection head {head_file} cannot be loaded ({type(exc).__name__}); delete {head_file.parent} to fit again") from None
+            raise SparcEvalError(
+                f"cached detection head {head_file} cannot be loaded ({type(exc).__name__}); delete {head_file.parent} to fit again"
+            ) from None
         self.head = head.to(self.ctx.device).eval()
         self.fit_info = {**json.loads(metadata["fit_info"]), "cache": f"reused {head_file}"}
 
@@ -369,7 +400,9 @@ class DetectionRunner(Runner):
             logits, boxes = self.head(dense.float(), queries)
             for b, image_id in enumerate(batch["image_ids"]):
                 sample = gt.sample_ground_truth(image_id, p.protocol)
-                sample["detections"] = self._detections(logits[b].cpu(), boxes[b].cpu(), sample["width"], sample["height"], category_ids)
+                sample["detections"] = self._detections(
+                    logits[b].cpu(), boxes[b].cpu(), sample["width"], sample["height"], category_ids
+                )
                 samples.append(sample)
 
         results = [
@@ -399,7 +432,9 @@ class DetectionRunner(Runner):
             artifacts={"detections": detections_file.name},
         )
 
-    def _detections(self, logits: torch.Tensor, boxes: torch.Tensor, width: int, height: int, category_ids: np.ndarray) -> dict[str, list]:
+    def _detections(
+        self, logits: torch.Tensor, boxes: torch.Tensor, width: int, height: int, category_ids: np.ndarray
+    ) -> dict[str, list]:
         """Top-k (patch, class) pairs of one image as COCO boxes (xywh pixels, clipped to the image)."""
         cxcywh, classes, scores = top_k_detections(logits, boxes, self.params.top_k)
         side = max(width, height)

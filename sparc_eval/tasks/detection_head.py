@@ -118,7 +118,9 @@ def match_cost(logits: torch.Tensor, boxes: torch.Tensor, target: Target, w: Los
 
 
 @torch.no_grad()
-def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, targets: list[Target], w: LossWeights) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def hungarian_match(
+    logits: torch.Tensor, boxes: torch.Tensor, targets: list[Target], w: LossWeights
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per image, the (patch indices, target indices) of the minimum-cost one-to-one assignment."""
     matches = []
     for b, target in enumerate(targets):
@@ -133,7 +135,11 @@ def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, targets: list[Tar
 
 
 def detection_losses(
-    logits: torch.Tensor, boxes: torch.Tensor, targets: list[Target], matches: list[tuple[torch.Tensor, torch.Tensor]], w: LossWeights
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    targets: list[Target],
+    matches: list[tuple[torch.Tensor, torch.Tensor]],
+    w: LossWeights,
 ) -> dict[str, torch.Tensor]:
     """Focal class loss over all (patch, class) pairs, L1 and gIoU over matched boxes, each / number of boxes."""
     n_boxes = max(sum(len(t.labels) for t in targets), 1)

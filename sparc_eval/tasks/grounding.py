@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -106,15 +107,15 @@ def category_word_mentions(path: Path, dataset: Any) -> dict[int, list[dict]]:
         out[image_id] = []
         for ann in captions.get(image_id, []):
             text = ann["caption"]
-            found = [
-                (m.start(), m.end(), cid) for cid in by_category for m in patterns[cid].finditer(text)
-            ]
+            found = [(m.start(), m.end(), cid) for cid in by_category for m in patterns[cid].finditer(text)]
             found.sort(key=lambda f: (f[0], f[0] - f[1]))
             mentions, last_end = [], -1
             for start, end, cid in found:
                 if start >= last_end:
                     ids = [a["id"] for a in by_category[cid]]
-                    mentions.append({"start": start, "end": end, "word": text[start:end], "kind": "category", "instance_ids": ids})
+                    mentions.append(
+                        {"start": start, "end": end, "word": text[start:end], "kind": "category", "instance_ids": ids}
+                    )
                     last_end = end
             out[image_id].append({"text": text, "mentions": mentions})
     return out
@@ -221,7 +222,9 @@ def sparc_objective_flags(described: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def pairwise_fine_loss(tok: torch.Tensor, mask: torch.Tensor, patch: torch.Tensor, scale: torch.Tensor, flags: dict) -> list[float]:
+def pairwise_fine_loss(
+    tok: torch.Tensor, mask: torch.Tensor, patch: torch.Tensor, scale: torch.Tensor, flags: dict
+) -> list[float]:
     """SPARC's fine-grained loss of each (caption, image) pair on its own: tok [C, L, D], mask [C, L], patch [C, P, D] -> C values."""
     # One call per pair: the loss averages over the batch's real tokens, so a batched call mixes captions.
     return [float(sparc_fine_grained_loss(t[None], m[None], v[None], scale, **flags)) for t, m, v in zip(tok, mask, patch)]
@@ -268,7 +271,9 @@ class GroundingRunner(Runner):
         if not hasattr(base, "coco"):
             raise SparcEvalError(f"task card {self.card.path}: the grounding runner needs a dataset of format coco-instances")
         if p.mentions not in MENTION_SOURCES:
-            raise SparcEvalError(f"task card {self.card.path}: unknown mentions source {p.mentions!r}; known: {', '.join(sorted(MENTION_SOURCES))}")
+            raise SparcEvalError(
+                f"task card {self.card.path}: unknown mentions source {p.mentions!r}; known: {', '.join(sorted(MENTION_SOURCES))}"
+            )
         mentions_path = resolve_root(self.card, dataclasses.replace(self.card.dataset, root=p.mentions_file), self.ctx.data_dir)
         captions = MENTION_SOURCES[p.mentions](mentions_path, base)
         dataset = self.ctx.limited(base)  # the first `limit` images
@@ -299,7 +304,9 @@ class GroundingRunner(Runner):
             caps_per_image = [captions.get(image_id, []) for image_id in batch["image_id"]]
             records = [{"image_id": i, "words": [], "fine_loss": []} for i in batch["image_id"]]
             samples.extend(records)
-            owner = torch.tensor([b for b, caps in enumerate(caps_per_image) for _ in caps], dtype=torch.long, device=patch.device)
+            owner = torch.tensor(
+                [b for b, caps in enumerate(caps_per_image) for _ in caps], dtype=torch.long, device=patch.device
+            )
             if not len(owner):
                 continue
             # One text-encoder call per batch; each caption is aligned with its own image's patches.
@@ -321,7 +328,11 @@ class GroundingRunner(Runner):
             _set(rows, "matched", pairwise_fine_loss(tok, tmask, patch[owner], scale, sparc_flags))
             inner = (owner + 1 < len(records)).tolist()
             here = [i for i, keep in enumerate(inner) if keep]
-            _set([rows[i] for i in here], "mismatched", pairwise_fine_loss(tok[here], tmask[here], patch[owner[here] + 1], scale, sparc_flags))
+            _set(
+                [rows[i] for i in here],
+                "mismatched",
+                pairwise_fine_loss(tok[here], tmask[here], patch[owner[here] + 1], scale, sparc_flags),
+            )
             last = [i for i, keep in enumerate(inner) if not keep]
             waiting = ([rows[i] for i in last], tok[last], tmask[last]) if last else None
         if waiting is not None and len(samples) > 1:
@@ -343,7 +354,9 @@ class GroundingRunner(Runner):
                 "loss": f"sparc_fine_grained_loss({sparc_flags}) per caption, inverse temperature = model logit_scale",
                 "inv_temperature": float(scale),
                 "mismatched": "the captions of image k with the patches of image k+1 in evaluation order (rolled by one; the last image's with the first's)",
-            } if p.fine_loss else None,
+            }
+            if p.fine_loss
+            else None,
             "position_r2": "1 - sum |x_np - mean_p|^2 / sum |x_np - mean|^2 over the evaluated images' patch embeddings",
             "mentions": {"source": p.mentions, "file": str(mentions_path), "kinds": p.kinds, "scored": len(words), **stats},
             "patch_grid": list(grid) if samples else None,
@@ -374,11 +387,19 @@ class GroundingRunner(Runner):
                         union |= base.coco.annToMask(base.coco.anns[iid])
                     coverage_cache[key] = patch_coverage(project(union), grid)
                 score = score_word(weights[c, pos].mean(dim=0).cpu(), coverage_cache[key])
-                out.append({
-                    "caption": c, "word": m["word"], "kind": m["kind"], "start": m["start"], "end": m["end"],
-                    "instance_ids": list(key), "token_positions": pos, "n_patches": int(weights.shape[-1]),
-                    **dataclasses.asdict(score),
-                })
+                out.append(
+                    {
+                        "caption": c,
+                        "word": m["word"],
+                        "kind": m["kind"],
+                        "start": m["start"],
+                        "end": m["end"],
+                        "instance_ids": list(key),
+                        "token_positions": pos,
+                        "n_patches": int(weights.shape[-1]),
+                        **dataclasses.asdict(score),
+                    }
+                )
         return out
 
     def _encode_text(self, model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -14,8 +14,8 @@ L2-normalised again.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,7 @@ def read_templates(path: str | Path) -> tuple[str, ...]:
 
 
 def split_synonyms(name: str, where: str) -> list[str]:
-    """"car, automobile" -> ["car", "automobile"] (the first is the main name); `where` names the source in errors."""
+    """ "car, automobile" -> ["car", "automobile"] (the first is the main name); `where` names the source in errors."""
     synonyms = [s.strip() for s in name.split(",")]
     if not all(synonyms):
         raise SparcEvalError(f"{where}: class name {name!r} has an empty synonym")
@@ -87,7 +87,9 @@ def split_synonyms(name: str, where: str) -> list[str]:
 def read_classnames(path: str | Path) -> list[list[str]]:
     """Class names from a file: one class per line, comma-separated synonyms (the first is the main name)."""
     path = Path(path)
-    return [split_synonyms(line, f"class-name file {path}, line {n}") for n, line in enumerate(_read_lines(path, "class-name"), 1)]
+    return [
+        split_synonyms(line, f"class-name file {path}, line {n}") for n, line in enumerate(_read_lines(path, "class-name"), 1)
+    ]
 
 
 def classname_file(name: str) -> Path:

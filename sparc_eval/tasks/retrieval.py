@@ -68,8 +68,15 @@ class RetrievalRunner(Runner):
         )
         samples: list[dict[str, Any]] = []
         for img, rank in zip(images, image_ranks.tolist()):
-            samples.append({"kind": "image", "id": f"image/{img['image_id']}", **img, "rank": rank,
-                            **{f"i2t_r{k}": int(rank <= k) for k in KS}})
+            samples.append(
+                {
+                    "kind": "image",
+                    "id": f"image/{img['image_id']}",
+                    **img,
+                    "rank": rank,
+                    **{f"i2t_r{k}": int(rank <= k) for k in KS},
+                }
+            )
         for caption, rank in zip(captions, text_ranks.tolist()):
             samples.append({"kind": "caption", **caption, "rank": rank, **{f"t2i_r{k}": int(rank <= k) for k in KS}})
         info = {
@@ -77,8 +84,7 @@ class RetrievalRunner(Runner):
             "n_captions": len(captions),
             "protocol": "image->text: found if any of the image's captions is in the top k; text->image: its image in the top k",
             "ties": "a negative tied with the best positive ranks above it",
-            "similarity": "cosine, float64 dot products rounded to float32, in blocks of "
-            f"{SCORE_CHUNK}x{SCORE_CHUNK}",
+            "similarity": f"cosine, float64 dot products rounded to float32, in blocks of {SCORE_CHUNK}x{SCORE_CHUNK}",
         }
         return TaskOutput(self.aggregate(samples, self.params), samples, len(images), info)
 

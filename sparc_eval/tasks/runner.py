@@ -11,9 +11,10 @@ import contextlib
 import importlib
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from sparc_eval.data.synth import ensure_synthscenes
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.tasks.card import DatasetSpec, TaskCard
 
-RUNNERS: dict[str, type["Runner"]] = {}
+RUNNERS: dict[str, type[Runner]] = {}
 
 # Modules that register runners; imported on first lookup.
 _RUNNER_MODULES = (
@@ -37,7 +38,7 @@ _RUNNER_MODULES = (
 )
 
 
-def register_runner(kind: str) -> Callable[[type["Runner"]], type["Runner"]]:
+def register_runner(kind: str) -> Callable[[type[Runner]], type[Runner]]:
     def decorate(cls: type[Runner]) -> type[Runner]:
         if kind in RUNNERS:
             raise RuntimeError(f"runner {kind!r} registered twice")
@@ -48,7 +49,7 @@ def register_runner(kind: str) -> Callable[[type["Runner"]], type["Runner"]]:
     return decorate
 
 
-def get_runner(kind: str, card_path: Path | None = None) -> type["Runner"]:
+def get_runner(kind: str, card_path: Path | None = None) -> type[Runner]:
     # A kind lives in sparc_eval/tasks/<kind>.py: import just that one (the others pull in heavy libraries),
     # and all of them only to list the known kinds in an error.
     own_module = f"sparc_eval.tasks.{kind}"
@@ -144,7 +145,7 @@ class Runner(ABC):
         root = resolve_root(self.card, spec, self.ctx.data_dir)
         return open_dataset(spec.format, root, spec.split, transform=transform, **{**spec.options, **options})
 
-    def fit(self, model: torch.nn.Module) -> None:
+    def fit(self, model: torch.nn.Module) -> None:  # noqa: B027 (a no-op unless the task has a fitting stage)
         """Fit task-specific heads on the card's fit_dataset, caching them under ctx.cache_dir (fitting runners only)."""
 
     @abstractmethod
@@ -166,7 +167,9 @@ def resolve_root(card: TaskCard, spec: DatasetSpec, data_dir: Path) -> Path:
     try:
         return Path(spec.root.format(**placeholders)).expanduser()
     except KeyError as exc:
-        raise SparcEvalError(f"task card {card.path}: unknown placeholder {{{exc.args[0]}}} in dataset root {spec.root!r}") from None
+        raise SparcEvalError(
+            f"task card {card.path}: unknown placeholder {{{exc.args[0]}}} in dataset root {spec.root!r}"
+        ) from None
 
 
 def seed_everything(seed: int) -> None:

@@ -20,9 +20,10 @@ Background protocols (dataset class 0 is the background in VOC layouts):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -92,7 +93,10 @@ BACKGROUND_PROTOCOLS: dict[str, BackgroundProtocol] = {
     "ignore": BackgroundProtocol("class 0 (background) ignored; the model chooses among the other classes", 1, 1, _argmax),
     "threshold": BackgroundProtocol(
         "class 0 (background) wherever the top probability (softmax of logit_scale x cosine over the other classes) "
-        "is below background_threshold", 1, 0, _argmax_or_background,
+        "is below background_threshold",
+        1,
+        0,
+        _argmax_or_background,
     ),
     "none": BackgroundProtocol("no background class; the model chooses among all classes", 0, 0, _argmax),
 }
@@ -255,7 +259,7 @@ class SegmentationRunner(Runner):
 
     # -------------------------------------------------------------- prediction (shared with `sparc-eval viz seg`)
 
-    def prepare(self, model) -> "Prepared":
+    def prepare(self, model) -> Prepared:
         """Open the evaluation split (full, not limited) for `model` and fix the class sets."""
         sampler = WindowSampler(model.preprocess, self.params.short_side, self.params.crop, self.params.stride)
         dataset = self.open(self.card.dataset, transform=sampler)
@@ -266,7 +270,7 @@ class SegmentationRunner(Runner):
         templates = resolve_templates(self.params.templates, resolve_root(self.card, self.card.dataset, self.ctx.data_dir))
         return Prepared(dataset, dataset_classes, text_classes, metric_classes, templates, sampler.input_size)
 
-    def predictions(self, model, prep: "Prepared", dataset=None) -> Iterator[SegmentedImage]:
+    def predictions(self, model, prep: Prepared, dataset=None) -> Iterator[SegmentedImage]:
         """Stream `dataset` (default: prep.dataset) through `model`; one SegmentedImage per image, in order."""
         names, owners = flatten_synonyms(prep.text_classes)
         n_text = len(prep.text_classes)
@@ -286,7 +290,9 @@ class SegmentationRunner(Runner):
             for item, item_scores in zip(batch, window_scores):
                 # The reader guarantees a label of the image's size with values in [0, classes) or 255.
                 pred = self.protocol.predict(stitch(item_scores, item["image"]), logit_scale, self.params.background_threshold)
-                yield SegmentedImage(item["image_id"], item["path"], pred.cpu().numpy(), self.protocol.metric_label(item["label"].numpy()))
+                yield SegmentedImage(
+                    item["image_id"], item["path"], pred.cpu().numpy(), self.protocol.metric_label(item["label"].numpy())
+                )
 
     # -------------------------------------------------------------- evaluate / aggregate
 
@@ -299,33 +305,54 @@ class SegmentationRunner(Runner):
             cm = confusion_matrix(seg.pred, seg.label, n)
             confusion += cm
             areas = Areas.from_confusion(cm)
-            samples.append({
-                "image_id": seg.image_id,
-                "intersect": areas.intersect.tolist(),
-                "union": areas.union.tolist(),
-                "label_area": areas.label.tolist(),
-            })
+            samples.append(
+                {
+                    "image_id": seg.image_id,
+                    "intersect": areas.intersect.tolist(),
+                    "union": areas.union.tolist(),
+                    "label_area": areas.label.tolist(),
+                }
+            )
         scores = segmentation_scores(Areas.from_confusion(confusion))
         artifact = self.ctx.artifact("confusion.json")
-        write_json_atomic(artifact, {"classes": prep.metric_classes, "rows": "ground truth", "columns": "prediction",
-                                     "ignore_index": IGNORE_INDEX, "matrix": confusion.tolist()}, indent=None)
+        write_json_atomic(
+            artifact,
+            {
+                "classes": prep.metric_classes,
+                "rows": "ground truth",
+                "columns": "prediction",
+                "ignore_index": IGNORE_INDEX,
+                "matrix": confusion.tolist(),
+            },
+            indent=None,
+        )
         info = {
             "head": self.params.head,
             "dense_path": model.describe().get("dense_heads", {}).get(self.params.head),
-            "background": {"protocol": self.params.background, "rule": self.protocol.description,
-                           "threshold": self.params.background_threshold},
+            "background": {
+                "protocol": self.params.background,
+                "rule": self.protocol.description,
+                "threshold": self.params.background_threshold,
+            },
             "logit_scale": float(model.logit_scale),
             "miou_classes": MIOU_CLASSES,
             "n_classes_scored": scores.n_classes_scored,
             "templates": {"ref": self.params.templates, "count": len(prep.templates)},
             "text_classes": prep.text_classes,
-            "windows": {"short_side": self.params.short_side, "crop": self.params.crop, "stride": self.params.stride,
-                        "model_input": list(prep.input_size)},
-            "per_class": {name: {"IoU": None if np.isnan(i) else 100.0 * float(i), "Acc": None if np.isnan(a) else 100.0 * float(a)}
-                          for name, i, a in zip(prep.metric_classes, scores.iou, scores.acc)},
+            "windows": {
+                "short_side": self.params.short_side,
+                "crop": self.params.crop,
+                "stride": self.params.stride,
+                "model_input": list(prep.input_size),
+            },
+            "per_class": {
+                name: {"IoU": None if np.isnan(i) else 100.0 * float(i), "Acc": None if np.isnan(a) else 100.0 * float(a)}
+                for name, i, a in zip(prep.metric_classes, scores.iou, scores.acc)
+            },
         }
-        return TaskOutput(metrics=_metrics(scores), samples=samples, n_samples=len(samples), info=info,
-                          artifacts={"confusion": artifact.name})
+        return TaskOutput(
+            metrics=_metrics(scores), samples=samples, n_samples=len(samples), info=info, artifacts={"confusion": artifact.name}
+        )
 
     @classmethod
     def aggregate(cls, samples: list[dict[str, Any]], params: SegmentationParams) -> dict[str, float | None]:

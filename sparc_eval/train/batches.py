@@ -10,8 +10,8 @@ captions at random; a batch is a run of that permutation. The draw for a step de
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

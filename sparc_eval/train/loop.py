@@ -39,9 +39,9 @@ from sparc_eval.models.objectives import build_objective, sparc_alignment_weight
 from sparc_eval.models.sparc import MAX_LOGIT_SCALE, create_model
 from sparc_eval.progress import console as progress_console
 from sparc_eval.progress import make_progress
+from sparc_eval.provenance import git_revision, package_versions
 from sparc_eval.train.batches import PairBatches
 from sparc_eval.train.curves import plot_loss_curves
-from sparc_eval.provenance import git_revision, package_versions
 from sparc_eval.train.state import load_train_state, save_train_state
 
 BETAS = (0.9, 0.98)
@@ -110,8 +110,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def train_step(
-    model: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, tokens: torch.Tensor,
-    *, grad_clip: float, bf16: bool,
+    model: nn.Module,
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    grad_clip: float,
+    bf16: bool,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One optimisation step; returns the loss parts and the (fp32) model outputs it used."""
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -177,9 +183,16 @@ def _mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, f
 
 def _run_settings(cfg: TrainConfig, objective: nn.Module) -> dict[str, Any]:
     return {
-        "arch": cfg.arch, "objective": objective.describe(), "steps": cfg.steps, "batch_size": cfg.batch_size,
-        "lr": cfg.lr, "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip,
-        "seed": cfg.seed, "bf16": cfg.bf16,
+        "arch": cfg.arch,
+        "objective": objective.describe(),
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "warmup": cfg.warmup,
+        "weight_decay": cfg.weight_decay,
+        "grad_clip": cfg.grad_clip,
+        "seed": cfg.seed,
+        "bf16": cfg.bf16,
     }
 
 
@@ -201,7 +214,9 @@ def train(cfg: TrainConfig) -> Path | None:
     if out.exists():
         raise SparcEvalError(f"output {out} already exists; choose another --out or remove it")
     if not cfg.resume and _latest_periodic(periodic):
-        raise SparcEvalError(f"{periodic} holds checkpoints of an unfinished run; pass --resume to continue it or remove the folder")
+        raise SparcEvalError(
+            f"{periodic} holds checkpoints of an unfinished run; pass --resume to continue it or remove the folder"
+        )
     device = _pick_device(cfg)
     objective = build_objective(cfg.objective, **cfg.objective_options)
     torch.manual_seed(cfg.seed)
@@ -223,7 +238,11 @@ def train(cfg: TrainConfig) -> Path | None:
         if cfg.batch_size % world:
             raise SparcEvalError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
         local = cfg.batch_size // world
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+        net = (
+            nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            if world > 1
+            else model
+        )
         # Diagnostics use the objective's alignment settings; for CLIP, the paper's defaults.
         sparsity = getattr(objective, "sparsity", True)
         weights = getattr(objective, "weights", "sparse")
@@ -231,15 +250,30 @@ def train(cfg: TrainConfig) -> Path | None:
         def card(steps_done: int, seconds: float) -> dict[str, Any]:
             return {
                 "objective": objective.describe(),
-                "training": {**settings, "steps_done": steps_done, "world_size": world, "optimizer": "AdamW",
-                             "betas": list(BETAS), "eps": EPS, "schedule": "linear warm-up + cosine", "train_seconds": round(seconds, 1)},
+                "training": {
+                    **settings,
+                    "steps_done": steps_done,
+                    "world_size": world,
+                    "optimizer": "AdamW",
+                    "betas": list(BETAS),
+                    "eps": EPS,
+                    "schedule": "linear warm-up + cosine",
+                    "train_seconds": round(seconds, 1),
+                },
                 "data": {"path": str(cfg.data), **data_card},
-                "provenance": {"git_revision": git_revision(), "versions": package_versions(),
-                               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                "provenance": {
+                    "git_revision": git_revision(),
+                    "versions": package_versions(),
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                },
             }
 
         progress = make_progress() if rank == 0 else None
-        task = progress.add_task(f"train {cfg.objective} {cfg.arch}", total=cfg.steps, completed=start, info="") if progress else None
+        task = (
+            progress.add_task(f"train {cfg.objective} {cfg.arch}", total=cfg.steps, completed=start, info="")
+            if progress
+            else None
+        )
         t_start, t_window, n_window = time.perf_counter(), time.perf_counter(), 0
         net.train()
         with progress or contextlib.nullcontext():
@@ -256,22 +290,32 @@ def train(cfg: TrainConfig) -> Path | None:
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     now = time.perf_counter()
                     values = _mean_over_ranks({**parts, **fine_diagnostics(outputs, sparsity, weights)}, world)
-                    row = {"step": done, "lr": lr, "loss": values.pop("total"), **values,
-                           "logit_scale": model.logit_scale.item(), "samples_per_s": n_window / (now - t_window),
-                           "elapsed_s": elapsed_before + now - t_start}
+                    row = {
+                        "step": done,
+                        "lr": lr,
+                        "loss": values.pop("total"),
+                        **values,
+                        "logit_scale": model.logit_scale.item(),
+                        "samples_per_s": n_window / (now - t_window),
+                        "elapsed_s": elapsed_before + now - t_start,
+                    }
                     rows.append(row)
                     t_window, n_window = now, 0
                     if progress:
                         fine = f" f {row['fine']:.3f}" if "fine" in row else ""
-                        info = (f"loss {row['loss']:.3f} g {row['global']:.3f}{fine} | fine matched {row['fine_matched']:.3f} "
-                                f"vs mismatched {row['fine_mismatched']:.3f} | {row['samples_per_s']:.0f} samples/s")
+                        info = (
+                            f"loss {row['loss']:.3f} g {row['global']:.3f}{fine} | fine matched {row['fine_matched']:.3f} "
+                            f"vs mismatched {row['fine_mismatched']:.3f} | {row['samples_per_s']:.0f} samples/s"
+                        )
                         progress.update(task, info=info)
                         if not progress.disable and not progress.console.is_terminal:  # a log file gets no live bar
                             progress.console.print(f"step {done}/{cfg.steps}: {info}", highlight=False)
                 if progress:
                     progress.advance(task)
                 if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps and rank == 0:
-                    _save_periodic(periodic, done, model, optimizer, card(done, elapsed_before + time.perf_counter() - t_start), rows)
+                    _save_periodic(
+                        periodic, done, model, optimizer, card(done, elapsed_before + time.perf_counter() - t_start), rows
+                    )
         if rank == 0:
             options = ", ".join(f"{k} {v}" for k, v in objective.describe().items() if k != "name")
             title = f"{cfg.objective} ({options or 'global loss only'}) | {cfg.arch}, batch {cfg.batch_size}, {cfg.steps} steps"
@@ -288,7 +332,9 @@ def train(cfg: TrainConfig) -> Path | None:
     return out if rank == 0 else None
 
 
-def _save_periodic(folder: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, card: dict, rows: list[dict]) -> None:
+def _save_periodic(
+    folder: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, card: dict, rows: list[dict]
+) -> None:
     """Write step_NNNNNNN/ (a loadable checkpoint plus optimizer/RNG state and the log so far), then drop older ones."""
     target = folder / f"step_{step:07d}"
     with atomic_folder(target) as tmp:
@@ -300,7 +346,9 @@ def _save_periodic(folder: Path, step: int, model: nn.Module, optimizer: torch.o
             shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def _resume(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, settings: dict, data_card: dict) -> tuple[int, list[dict], float]:
+def _resume(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, settings: dict, data_card: dict
+) -> tuple[int, list[dict], float]:
     """Load weights, optimizer and RNG state from periodic checkpoint `folder`; return (step, log rows, seconds so far)."""
     import json
 
@@ -308,7 +356,9 @@ def _resume(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, se
     saved = config.get("training", {})
     for key in _RUN_KEYS:
         if saved.get(key) != settings[key]:
-            raise SparcEvalError(f"cannot resume from {folder}: it was trained with {key}={saved.get(key)!r}, this run asks for {settings[key]!r}")
+            raise SparcEvalError(
+                f"cannot resume from {folder}: it was trained with {key}={saved.get(key)!r}, this run asks for {settings[key]!r}"
+            )
     if config.get("data", {}).get("pairs_sha256") != data_card["pairs_sha256"]:
         raise SparcEvalError(f"cannot resume from {folder}: its training data differs from {data_card['pairs_file']}")
     weights = folder / "model.safetensors"

@@ -118,7 +118,7 @@ class SceneTruth:
     masks: dict[int, np.ndarray]
 
     @classmethod
-    def find(cls, image_path: Path, size: tuple[int, int]) -> "SceneTruth | None":
+    def find(cls, image_path: Path, size: tuple[int, int]) -> SceneTruth | None:
         """The SynthScenes record of `image_path` (size (W, H)): scenes.json in a parent folder, matched by file
         name (stem, so the tree's JPEG copies match too) and image size."""
         for parent in image_path.resolve().parents:
@@ -143,7 +143,9 @@ class SceneTruth:
             annotations = json.loads(path.read_text(encoding="utf-8"))["annotations"]
         except (OSError, json.JSONDecodeError, KeyError):
             raise SparcEvalError(f"SynthScenes instance file {path} is missing or unreadable") from None
-        return {a["id"]: mask_utils.decode(a["segmentation"]).astype(bool) for a in annotations if a["image_id"] == record["image_id"]}
+        return {
+            a["id"]: mask_utils.decode(a["segmentation"]).astype(bool) for a in annotations if a["image_id"] == record["image_id"]
+        }
 
     def caption_record(self, caption: str) -> dict[str, Any] | None:
         def norm(text: str) -> str:
@@ -156,16 +158,26 @@ class SceneTruth:
         found = self.caption_record(alignment.caption)
         if found is not None:
             return [
-                sorted({i for m in found["mentions"] if span and m["start"] < span[1] and span[0] < m["end"] for i in m["instance_ids"]})
+                sorted(
+                    {
+                        i
+                        for m in found["mentions"]
+                        if span and m["start"] < span[1] and span[0] < m["end"]
+                        for i in m["instance_ids"]
+                    }
+                )
                 for span in alignment.spans
             ], "the caption's mentions"
         out = []
         for span in alignment.spans:
             word = alignment.caption[span[0] : span[1]].lower() if span else None
-            out.append(sorted(
-                o["instance_id"] for o in self.record["objects"]
-                if word in (o["colour"], o["shape"], _plural(o["shape"]), o["size"])
-            ))
+            out.append(
+                sorted(
+                    o["instance_id"]
+                    for o in self.record["objects"]
+                    if word in (o["colour"], o["shape"], _plural(o["shape"]), o["size"])
+                )
+            )
         return out, "colour / shape / size words matched to the objects"
 
 
@@ -205,15 +217,23 @@ def draw_alignment(image: Image.Image, alignment: Alignment, truth: SceneTruth |
     for k, (tok, span, weights, ids) in enumerate(zip(alignment.tokens, alignment.spans, alignment.weights, instances)):
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.imshow(rgb, extent=extent, interpolation="nearest")
-        ax.imshow(weights, extent=extent, cmap="inferno", alpha=0.6, vmin=0.0, vmax=float(weights.max()) or 1.0, interpolation="nearest")
+        ax.imshow(
+            weights, extent=extent, cmap="inferno", alpha=0.6, vmin=0.0, vmax=float(weights.max()) or 1.0, interpolation="nearest"
+        )
         ax.set_xticks([])
         ax.set_yticks([])
-        entry: dict[str, Any] = {"token": tok, "word": alignment.caption[span[0] : span[1]] if span else None,
-                                 "span": list(span) if span else None, "instance_ids": ids}
+        entry: dict[str, Any] = {
+            "token": tok,
+            "word": alignment.caption[span[0] : span[1]] if span else None,
+            "span": list(span) if span else None,
+            "instance_ids": ids,
+        }
         title, colour = tok, "black"
         if ids:
             union = np.any([truth.masks[i] for i in ids], axis=0)
-            ax.contour(np.arange(w) + 0.5, np.arange(h) + 0.5, union.astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=1.6)
+            ax.contour(
+                np.arange(w) + 0.5, np.arange(h) + 0.5, union.astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=1.6
+            )
             score = score_word(torch.from_numpy(weights).flatten(), object_coverage(union, alignment.input_size, grid))
             entry.update(hit=score.hit, hit_chance=score.inside_share, mass=score.mass, mass_chance=score.area_share)
             verdict = "hit" if score.hit == 1 else "miss" if score.hit == 0 else f"hit {score.hit:.0%} (tie)"
@@ -221,16 +241,28 @@ def draw_alignment(image: Image.Image, alignment: Alignment, truth: SceneTruth |
             colour = "#0a8f2a" if score.hit >= 0.5 else "#c0392b"
         ax.set_title(title, fontsize=10, color=colour)
         summary.append(entry)
-    truth_line = f"outlines: objects each token describes, from {source}" if source else "no ground truth (not a SynthScenes image)"
-    fig.suptitle(f"\"{alignment.caption}\"\n{alignment.method}; head {alignment.head}; colour: each token's weights, 0 to its max\n{truth_line}",
-                 fontsize=9)
+    truth_line = (
+        f"outlines: objects each token describes, from {source}" if source else "no ground truth (not a SynthScenes image)"
+    )
+    fig.suptitle(
+        f'"{alignment.caption}"\n{alignment.method}; head {alignment.head}; colour: each token\'s weights, 0 to its max\n{truth_line}',
+        fontsize=9,
+    )
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     return {"out": str(out), "method": alignment.method, "head": alignment.head, "ground_truth": source, "tokens": summary}
 
 
-def render_alignment(ckpt: str, image_path: str | Path, caption: str, out: str | Path, *, head: str = "local",
-                     device: str = "cpu", trust_pickle: bool = False) -> dict[str, Any]:
+def render_alignment(
+    ckpt: str,
+    image_path: str | Path,
+    caption: str,
+    out: str | Path,
+    *,
+    head: str = "local",
+    device: str = "cpu",
+    trust_pickle: bool = False,
+) -> dict[str, Any]:
     """Load `ckpt`, compute the alignment of `caption` over the image, write the PNG; return the per-token summary."""
     from sparc_eval.data.common import open_image
     from sparc_eval.evaluate import resolve_device

@@ -59,8 +59,11 @@ def draw_panels(image_path: str, seg, class_names: list[str], colours: np.ndarra
     ignored = seg.label == IGNORE_INDEX
     # Pixels the metric ignores are faded, so the scored part of the prediction stands out.
     prediction[ignored] = (0.3 * prediction[ignored] + 0.7 * np.array(IGNORED_COLOUR)).astype(np.uint8)
-    panels = (("image", np.asarray(open_image(Path(image_path)))), ("ground truth", colourise(seg.label, colours)),
-              (f"prediction (image mIoU {miou})", prediction))
+    panels = (
+        ("image", np.asarray(open_image(Path(image_path)))),
+        ("ground truth", colourise(seg.label, colours)),
+        (f"prediction (image mIoU {miou})", prediction),
+    )
     for k, (name, picture) in enumerate(panels):
         ax = fig.add_subplot(1, 3, k + 1)
         ax.imshow(picture, interpolation="nearest")
@@ -69,7 +72,9 @@ def draw_panels(image_path: str, seg, class_names: list[str], colours: np.ndarra
         ax.set_yticks([])
     handles = [Patch(facecolor=colours[c] / 255.0, edgecolor="black", label=class_names[c]) for c in shown]
     if ignored.any():
-        handles.append(Patch(facecolor=np.array(IGNORED_COLOUR) / 255.0, edgecolor="black", label="ignored (faded in the prediction)"))
+        handles.append(
+            Patch(facecolor=np.array(IGNORED_COLOUR) / 255.0, edgecolor="black", label="ignored (faded in the prediction)")
+        )
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     with atomic_path(out) as tmp:
@@ -77,8 +82,17 @@ def draw_panels(image_path: str, seg, class_names: list[str], colours: np.ndarra
     return {"image_id": seg.image_id, "out": str(out), "image_miou": None if scores.miou is None else 100 * scores.miou}
 
 
-def render_segmentation(ckpt: str, task: str, n: int, out_dir: str | Path, *, data_dir: str | Path = "data",
-                        device: str = "cpu", batch_size: int = 16, trust_pickle: bool = False) -> list[dict[str, Any]]:
+def render_segmentation(
+    ckpt: str,
+    task: str,
+    n: int,
+    out_dir: str | Path,
+    *,
+    data_dir: str | Path = "data",
+    device: str = "cpu",
+    batch_size: int = 16,
+    trust_pickle: bool = False,
+) -> list[dict[str, Any]]:
     """Panels for the first `n` images of `task`'s evaluation split, one PNG each in `out_dir`."""
     from sparc_eval.evaluate import resolve_device
     from sparc_eval.models.loaders import load_model
@@ -96,8 +110,18 @@ def render_segmentation(ckpt: str, task: str, n: int, out_dir: str | Path, *, da
     dev = resolve_device(device)
     model = load_model(ckpt, trust_pickle=trust_pickle).to(dev).eval()
     out_dir = Path(out_dir)
-    ctx = RunContext(device=dev, batch_size=batch_size, precision="fp32", limit=n, num_workers=0, seed=0,
-                     data_dir=Path(data_dir), work_dir=out_dir, record_stem=card.name, cache_dir=out_dir)
+    ctx = RunContext(
+        device=dev,
+        batch_size=batch_size,
+        precision="fp32",
+        limit=n,
+        num_workers=0,
+        seed=0,
+        data_dir=Path(data_dir),
+        work_dir=out_dir,
+        record_stem=card.name,
+        cache_dir=out_dir,
+    )
     runner = runner_cls(card, params, ctx)
     colours = voc_colour_map()[runner.protocol.first_metric_class :]
     title = f"{card.name} · {model.describe().get('ref', ckpt)} · head {params.head}"
@@ -106,6 +130,14 @@ def render_segmentation(ckpt: str, task: str, n: int, out_dir: str | Path, *, da
         prep = runner.prepare(model)
         for seg in runner.predictions(model, prep, ctx.limited(prep.dataset)):
             stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(seg.image_id))
-            written.append(draw_panels(seg.path, seg, prep.metric_classes, colours, f"{title} · image {seg.image_id}",
-                                       out_dir / f"{card.name}-{stem}.png"))
+            written.append(
+                draw_panels(
+                    seg.path,
+                    seg,
+                    prep.metric_classes,
+                    colours,
+                    f"{title} · image {seg.image_id}",
+                    out_dir / f"{card.name}-{stem}.png",
+                )
+            )
     return written
