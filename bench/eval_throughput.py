@@ -115,7 +115,7 @@ def bench_forward(models: dict, shapes: dict[str, tuple[int, int]], reps: int, m
 def bench_run(ckpts: dict[str, str], n_val: int, precisions: tuple[str, ...], workers: int) -> list[dict]:
     """`sparc-eval run --task synth-cls` through run_evaluation: the whole path, records written to a temp folder."""
     from sparc_eval.data.synth import generate_synthscenes
-    from sparc_eval.evaluate import run_evaluation
+    from sparc_eval.evaluation import run_evaluation
     from sparc_eval.tasks.card import load_card
 
     rows = []

@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sparc_eval.checkpoint_cards import ensure_checkpoint, load_checkpoint_card
-from sparc_eval.evaluate import run_evaluation
+from sparc_eval.evaluation import run_evaluation
 from sparc_eval.fileio import write_json_atomic
 from sparc_eval.tasks.card import find_card, write_card_variant
 

@@ -18,6 +18,6 @@ def load_model(ref: str, **kwargs: Any):
 
 def evaluate(ckpt: str, task: str, **overrides: Any):
     """Score checkpoint `ckpt` on task card `task` (a name or a path); returns the result record."""
-    from sparc_eval.evaluate import evaluate as _evaluate
+    from sparc_eval.evaluation import evaluate as _evaluate
 
     return _evaluate(ckpt, task, **overrides)

@@ -22,14 +22,14 @@ from typing import Any
 
 from torch import nn
 
+from sparc_eval.builtin import builtin_dir
 from sparc_eval.data.synth import ensure_synthscenes
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import read_yaml_card, sha256_text
 from sparc_eval.models.checkpoint import CONFIG_FILE, load_checkpoint
-from sparc_eval.models.loaders import register_loader
 
-# Cards shipped with the repository.
-CARD_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+# Cards shipped with sparc-eval.
+CARD_DIR = builtin_dir("checkpoints")
 # Where `card:` references put what they train, and where they find SynthScenes (as `--data-dir`).
 CHECKPOINT_ROOT_ENV, DEFAULT_CHECKPOINT_ROOT = "SPARC_EVAL_CHECKPOINTS", Path("runs/checkpoints")
 DATA_DIR_ENV, DEFAULT_DATA_DIR = "SPARC_EVAL_DATA", Path("data")
@@ -143,8 +143,8 @@ def ensure_checkpoint(
     return train(TrainConfig(data=str(data), out=str(folder), **card.train))
 
 
-@register_loader("card:")
-def _load_card(spec: str, *, trust_pickle: bool) -> nn.Module:
+def load_card_model(spec: str, *, trust_pickle: bool) -> nn.Module:
+    """The `card:` model source: the checkpoint of a card, trained on first use."""
     card = load_checkpoint_card(spec)
     model = load_checkpoint(ensure_checkpoint(card))
     model.provenance["source"] = f"sparc-eval checkpoint from card {card.name} v{card.version} ({card.path})"

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from sparc_eval.checkpoint_cards import ensure_checkpoint, load_checkpoint_card
-from sparc_eval.evaluate import DEFAULT_DATA_DIR, run_evaluation
+from sparc_eval.evaluation import DEFAULT_DATA_DIR, run_evaluation
 from sparc_eval.results.leaderboard import build_leaderboard
 from sparc_eval.results.table import build_table, render_rich
 from sparc_eval.tasks.card import list_card_paths, load_card, write_card_variant

@@ -28,7 +28,7 @@ class CliResult:
 def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None) -> CliResult:
     """Run `sparc-eval ARGS` in a fresh process, exactly as a user would."""
     proc = subprocess.run(
-        [sys.executable, "-m", "sparc_eval.cli", *map(str, args)],
+        [sys.executable, "-m", "sparc_eval", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sparc_eval.results.record import MetricValue, ResultRecord, artifact_path, record_path, write_record
+from sparc_eval.tasks.runner import RUNNERS
 
 
 def fake_sha(text: str) -> str:
@@ -39,6 +40,7 @@ def write_run(
             "version": version,
             "card_sha256": card_sha,
             "runner": runner,
+            "family": RUNNERS.get(runner).family if runner in RUNNERS else "diagnostics",
             "card_path": card_path,
             "description": "",
         },

@@ -43,7 +43,7 @@ def _split(synth_root: Path, split: str):
 @pytest.fixture(scope="module")
 def small_run(tiny_sparc_ckpt, synth_root, tmp_path_factory):
     """One `evaluate` of the small captioner: (card file, results folder, Evaluation)."""
-    from sparc_eval.evaluate import run_evaluation
+    from sparc_eval.evaluation import run_evaluation
 
     tmp = tmp_path_factory.mktemp("captioning")
     card = _card_file(tmp, synth_root, **SMALL)
@@ -80,7 +80,7 @@ def test_record_samples_and_captions_file(small_run, synth_root):
 
 
 def test_rerun_reuses_the_fitted_captioner(small_run, tiny_sparc_ckpt):
-    from sparc_eval.evaluate import run_evaluation
+    from sparc_eval.evaluation import run_evaluation
 
     card, results, first = small_run
     cache = Path(first.record.info["fit"]["cache_file"])
@@ -143,7 +143,7 @@ def test_captioner_beats_the_most_frequent_training_caption(tmp_path, synth_root
 
     The backbone is the untrained tiny SPARC model: the captioner must get what it says from its patch tokens.
     """
-    from sparc_eval.evaluate import run_evaluation
+    from sparc_eval.evaluation import run_evaluation
 
     # The synth-kprecision captioner, 40 epochs x 6 steps of 16 images (all 5 captions each) on the 96 training
     # images; with 20 epochs it was still level with the fixed caption on some seeds.

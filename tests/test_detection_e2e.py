@@ -45,7 +45,7 @@ def _random_boxes(samples: list[dict], seed: int = 0) -> list[dict]:
 
 @pytest.mark.slow
 def test_tiny_fit_beats_random_boxes_and_a_rerun_reuses_the_heads(tiny_ckpt, synth_root, synth_data_dir, tmp_path, monkeypatch):
-    from sparc_eval.evaluate import run_evaluation
+    from sparc_eval.evaluation import run_evaluation
 
     results = tmp_path / "results"
     # Batch 16 on the 96 training images: 30 optimisation steps with the card's 5 epochs.
@@ -110,7 +110,7 @@ def _synth_card(tmp_path: Path, synth_root: Path, fmt: str, **params) -> Path:
 
 @pytest.mark.slow
 def test_lvis_protocol_end_to_end_with_held_out_groups(tiny_ckpt, synth_root, tmp_path):
-    from sparc_eval.evaluate import run_evaluation
+    from sparc_eval.evaluation import run_evaluation
 
     card = _synth_card(tmp_path, synth_root, "lvis", protocol="lvis", top_k=50, epochs=1, holdout_frequencies=["c"])
     evaluation = run_evaluation(str(tiny_ckpt), card, out=tmp_path / "results", data_dir=tmp_path)

@@ -12,7 +12,7 @@ from sparc_eval import load_model
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import sha256_file
 from sparc_eval.models.contract import ImageTextModel
-from sparc_eval.models.loaders import LOADERS, register_loader
+from sparc_eval.models.loaders import LOADERS
 from sparc_eval.models.openclip_model import MASKCLIP_DENSE
 
 ARCH = "sparc-eval-test-vit"  # a small open_clip config registered for these tests only
@@ -163,14 +163,14 @@ def test_bad_weight_files(tmp_path):
 
 
 def test_a_new_source_is_one_registered_function(random_model):
-    @register_loader("test-source:")
     def _load(spec, *, trust_pickle):
         assert spec == "anything" and trust_pickle is False
         return random_model
 
-    try:
+    with LOADERS.registered("test-source", _load):
         assert load_model("test-source:anything") is random_model
-        with pytest.raises(RuntimeError, match="registered twice"):
-            register_loader("test-source:")(_load)
-    finally:
-        del LOADERS["test-source:"]
+        with pytest.raises(ValueError, match="already registered"):
+            with LOADERS.registered("test-source", _load):
+                pass
+    with pytest.raises(SparcEvalError, match="unknown checkpoint reference 'test-source:anything'"):
+        load_model("test-source:anything")

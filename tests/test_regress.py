@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,7 +209,6 @@ class MeanParams:
 class MeanRunner(Runner):
     """A runner whose only metric is the mean of one per-sample field (not 0/1, so the bootstrap is used)."""
 
-    kind = "test-mean"
     Params = MeanParams
     metrics = {"mean_score": True}
 
@@ -221,7 +221,6 @@ class MeanRunner(Runner):
 
 
 class NoAggregateRunner(Runner):
-    kind = "test-no-aggregate"
     Params = MeanParams
     metrics = {"mean_score": True}
 
@@ -230,16 +229,17 @@ class NoAggregateRunner(Runner):
 
 
 @pytest.fixture
-def mean_card(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setattr(runner_module, "_RUNNER_MODULES", ())
-    monkeypatch.setitem(runner_module.RUNNERS, "test-mean", MeanRunner)
-    monkeypatch.setitem(runner_module.RUNNERS, "test-no-aggregate", NoAggregateRunner)
+def mean_card(tmp_path) -> Iterator[Path]:
     card = tmp_path / "cards" / "synth-mean.yaml"
     card.parent.mkdir()
     card.write_text(
         "name: synth-mean\nversion: 1\nrunner: test-mean\ndataset: {format: pairs, root: x, split: val}\nparams: {field: score}\n"
     )
-    return card
+    with (
+        runner_module.RUNNERS.registered("test-mean", MeanRunner),
+        runner_module.RUNNERS.registered("test-no-aggregate", NoAggregateRunner),
+    ):
+        yield card
 
 
 def _write_mean(out: Path, scores, card: Path, runner: str = "test-mean", value: float | None = None) -> Path:

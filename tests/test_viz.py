@@ -98,7 +98,7 @@ def test_align_bad_input(tiny_sparc_ckpt, synth_root, scene, tmp_path):
 
 
 def test_seg_panels_show_the_runner_predictions(tiny_sparc_ckpt, synth_data_dir, tmp_path):
-    from sparc_eval.evaluate import run_evaluation
+    from sparc_eval.evaluation import run_evaluation
     from sparc_eval.results.record import load_samples
     from sparc_eval.viz.seg import render_segmentation
 

@@ -28,7 +28,6 @@ from sparc_eval.data.common import (
     require_option,
     resolve,
 )
-from sparc_eval.data.registry import register_reader
 from sparc_eval.errors import SparcEvalError
 
 
@@ -55,7 +54,6 @@ def _check_refs(annotation: Path, data: dict, categories: bool) -> None:
             )
 
 
-@register_reader("coco-captions")
 def read_coco_captions(root: Path, split: str, *, transform: Callable | None = None, **options) -> CaptionDataset:
     """Option: `annotation` (captions_*.json)."""
     annotation, data = _load(root, split, options, "coco-captions", ("images", "annotations"))
@@ -127,7 +125,6 @@ class InstancesDataset(ImageDataset):
         return item
 
 
-@register_reader("coco-instances")
 def read_coco_instances(
     root: Path, split: str, *, transform: Callable | None = None, masks: bool = False, **options
 ) -> InstancesDataset:

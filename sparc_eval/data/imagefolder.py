@@ -20,7 +20,6 @@ from sparc_eval.data.common import (
     require_nonempty,
     resolve,
 )
-from sparc_eval.data.registry import register_reader
 from sparc_eval.errors import SparcEvalError
 
 
@@ -49,7 +48,6 @@ def read_classnames(path: Path) -> tuple[list[str], list[str]]:
     return folders, names
 
 
-@register_reader("imagefolder")
 def read_imagefolder(
     root: Path, split: str, *, transform: Callable | None = None, classnames: str | None = None, **options
 ) -> ImageFolderDataset:

@@ -19,11 +19,9 @@ from sparc_eval.data.common import (
     require_option,
     resolve,
 )
-from sparc_eval.data.registry import register_reader
 from sparc_eval.errors import SparcEvalError
 
 
-@register_reader("karpathy")
 def read_karpathy(root: Path, split: str, *, transform: Callable | None = None, **options) -> CaptionDataset:
     """Options: `annotation` (dataset_*.json, relative to root or absolute), `images_dir` (for entries without filepath)."""
     annotation = resolve(root, require_option(options, "annotation", "karpathy"), split)

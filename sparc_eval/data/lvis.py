@@ -14,11 +14,9 @@ from pathlib import Path
 
 from sparc_eval.data.coco import InstancesDataset
 from sparc_eval.data.common import no_other_options, require_file, require_nonempty, require_option, resolve
-from sparc_eval.data.registry import register_reader
 from sparc_eval.errors import SparcEvalError
 
 
-@register_reader("lvis")
 def read_lvis(root: Path, split: str, *, transform: Callable | None = None, masks: bool = False, **options) -> InstancesDataset:
     """Options: `annotation` (lvis_v1_{split}.json), `masks` (decode instance masks into items)."""
     from lvis import LVIS

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sparc_eval.data.common import ImageDataset, no_other_options, require_images, require_nonempty
-from sparc_eval.data.registry import register_reader
 from sparc_eval.errors import SparcEvalError
 
 
@@ -38,7 +37,6 @@ def _rows(path: Path) -> list[dict]:
         raise SparcEvalError(f"pairs file {path} does not parse ({exc})") from None
 
 
-@register_reader("pairs")
 def read_pairs(root: Path, split: str, *, transform: Callable | None = None, **options) -> PairsDataset:
     """No options; `root` is a pairs file or a folder with {split}.jsonl / {split}.csv."""
     no_other_options(options, "pairs")

@@ -1,13 +1,14 @@
 """Readers of on-disk dataset formats, keyed by the `format` name a task card uses.
 
-A new format is one function decorated with `@register_reader("name")` in its own module under
-`sparc_eval/data/`; `open_dataset` finds it by name. Readers fail loudly (SparcEvalError naming
-the file) and never skip bad items silently.
+A reader is a function `read(root, split, *, transform=None, **its own options) -> Dataset`. A new
+format is one such function in its own module under `sparc_eval/data/` and one line in `READERS`
+(or, from another package, an entry point in the `sparc_eval.readers` group; sparc_eval.registry).
+`open_dataset` finds it by name. Readers fail loudly (SparcEvalError naming the file) and never skip
+bad items silently.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,42 +16,27 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.registry import Registry
 
 Reader = Callable[..., Dataset]
-READERS: dict[str, Reader] = {}
-
-# Modules that register readers; imported on first use so `import sparc_eval.data` stays light.
-_READER_MODULES = (
-    "sparc_eval.data.coco",
-    "sparc_eval.data.karpathy",
-    "sparc_eval.data.lvis",
-    "sparc_eval.data.voc",
-    "sparc_eval.data.imagefolder",
-    "sparc_eval.data.pairs",
+READERS: Registry[Reader] = Registry(
+    "reader",
+    {
+        "coco-captions": "sparc_eval.data.coco:read_coco_captions",
+        "coco-instances": "sparc_eval.data.coco:read_coco_instances",
+        "karpathy": "sparc_eval.data.karpathy:read_karpathy",
+        "lvis": "sparc_eval.data.lvis:read_lvis",
+        "voc": "sparc_eval.data.voc:read_voc",
+        "imagefolder": "sparc_eval.data.imagefolder:read_imagefolder",
+        "pairs": "sparc_eval.data.pairs:read_pairs",
+    },
 )
-
-
-def register_reader(name: str) -> Callable[[Reader], Reader]:
-    def decorate(fn: Reader) -> Reader:
-        if name in READERS:
-            raise RuntimeError(f"reader {name!r} registered twice")
-        READERS[name] = fn
-        return fn
-
-    return decorate
-
-
-def _load_readers() -> None:
-    for module in _READER_MODULES:
-        importlib.import_module(module)
 
 
 def open_dataset(format: str, root: str | Path, split: str, transform: Callable | None = None, **options: Any) -> Dataset:
     """Open the dataset at `root` in `format`, split `split`; `options` are the format's own keys."""
-    _load_readers()
-    if format not in READERS:
-        raise SparcEvalError(f"unknown dataset format {format!r}; known: {', '.join(sorted(READERS))}")
+    reader = READERS.get(format, "dataset format: ")
     root = Path(root)
     if not root.exists():
         raise SparcEvalError(f"dataset root {root} does not exist")
-    return READERS[format](root, split, transform=transform, **options)
+    return reader(root, split, transform=transform, **options)

@@ -26,7 +26,6 @@ from sparc_eval.data.common import (
     require_nonempty,
     resolve,
 )
-from sparc_eval.data.registry import register_reader
 from sparc_eval.errors import SparcEvalError
 
 IGNORE = 255
@@ -161,7 +160,6 @@ class SegmentationDataset(ImageDataset):
         return {"image": image, "label": label, "image_id": self.image_ids[index], "path": str(self.paths[index])}
 
 
-@register_reader("voc")
 def read_voc(
     root: Path, split: str, *, transform: Callable | None = None, layout: str = "voc", classnames: str | None = None, **options
 ) -> SegmentationDataset:

@@ -1,18 +1,19 @@
 """`load_model(ref)`: resolve a checkpoint reference into a model that satisfies the model contract.
 
-References:
+References are `SOURCE:SPEC`, or a bare path for a sparc-eval checkpoint folder:
     PATH                        a sparc-eval checkpoint folder (model.safetensors + config.json)
+    card:NAME | card:PATH.yaml  a checkpoint card, trained on first use (sparc_eval.checkpoint_cards)
     openclip:ARCH               an open_clip architecture, randomly initialised (seeded: the same every time)
     openclip:ARCH@/path/FILE    open_clip weights from a local file (safetensors, or a torch file of tensors)
     openclip:ARCH@TAG           a named open_clip pretrained tag (downloads; offline it is a clear error)
 
-A new model source is one function decorated with `@register_loader("prefix:")`. Pickled weights that
-need code to load are refused unless `trust_pickle=True`: untrusted checkpoints never execute code.
+A model source is a function `load(spec, *, trust_pickle) -> model` registered in `LOADERS` under its
+SOURCE name (from another package: an entry point in the `sparc_eval.loaders` group). Pickled weights
+that need code to load are refused unless `trust_pickle=True`: untrusted checkpoints never execute code.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import pickle
 import re
@@ -25,47 +26,49 @@ from torch import nn
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import sha256_file
 from sparc_eval.models.checkpoint import load_checkpoint, load_state_dict_checked, read_safetensors
+from sparc_eval.registry import Registry
 
 Loader = Callable[..., nn.Module]
-LOADERS: dict[str, Loader] = {}
+# `card` trains, so it lives above `models` (sparc_eval.checkpoint_cards); the registry imports it by name only.
+LOADERS: Registry[Loader] = Registry(
+    "loader",
+    {
+        "folder": "sparc_eval.models.loaders:load_checkpoint_folder",
+        "openclip": "sparc_eval.models.loaders:load_openclip",
+        "card": "sparc_eval.checkpoint_cards:load_card_model",
+    },
+)
+# `SOURCE:` at the start of a reference: letters first, so that a Windows drive (C:) is never one.
+_SOURCE = re.compile(r"^([A-Za-z][\w.-]+):(.*)$", re.S)
 
 # Random open_clip weights come from this seed, so `openclip:ARCH` names one fixed model.
 OPENCLIP_INIT_SEED = 0
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-# Loaders registered outside this package (they train, so they sit above `models`); imported on first use.
-_PLUGIN_LOADER_MODULES = ("sparc_eval.checkpoint_cards",)
 
 
-def register_loader(prefix: str) -> Callable[[Loader], Loader]:
-    """Register `fn(spec, *, trust_pickle)` for references starting with `prefix` ("" = a filesystem path)."""
-
-    def decorate(fn: Loader) -> Loader:
-        if prefix in LOADERS:
-            raise RuntimeError(f"loader prefix {prefix!r} registered twice")
-        LOADERS[prefix] = fn
-        return fn
-
-    return decorate
+def split_reference(ref: str) -> tuple[str, str]:
+    """(source, spec) of a checkpoint reference: `openclip:ViT-B-32` -> ("openclip", "ViT-B-32"), a path -> ("folder", path)."""
+    if ref.endswith((".yaml", ".yml")) and not ref.startswith("card:"):  # a checkpoint card given by path
+        return "card", ref
+    match = _SOURCE.match(ref)
+    if match is None or Path(ref).exists():
+        return "folder", ref
+    if match.group(1) not in LOADERS:
+        known = ", ".join(f"{name}:..." for name in LOADERS.names() if name != "folder")
+        raise SparcEvalError(f"unknown checkpoint reference {ref!r}; use a checkpoint folder or {known}")
+    return match.group(1), match.group(2)
 
 
 def load_model(ref: str, *, trust_pickle: bool = False) -> nn.Module:
     """The model named by `ref` (see module doc), in eval mode, with describe()["ref"] and ["sha256"]."""
-    for module in _PLUGIN_LOADER_MODULES:
-        importlib.import_module(module)
-    if ref.endswith((".yaml", ".yml")) and not ref.startswith("card:"):  # a checkpoint card given by path
-        ref = "card:" + ref
-    prefix = max((p for p in LOADERS if ref.startswith(p)), key=len)
-    model = LOADERS[prefix](ref[len(prefix) :], trust_pickle=trust_pickle)
+    source, spec = split_reference(ref)
+    model = LOADERS.get(source, "checkpoint source: ")(spec, trust_pickle=trust_pickle)
     return model.eval()
 
 
-@register_loader("")
-def _load_checkpoint_folder(spec: str, *, trust_pickle: bool) -> nn.Module:
-    path = Path(spec)
-    if not path.exists() and ":" in spec.split("/")[0]:
-        known = ", ".join(p + "..." for p in sorted(LOADERS) if p)
-        raise SparcEvalError(f"unknown checkpoint reference {spec!r}; use a checkpoint folder or {known}")
-    return load_checkpoint(path)
+def load_checkpoint_folder(spec: str, *, trust_pickle: bool) -> nn.Module:
+    """A sparc-eval checkpoint folder (safetensors only: nothing in it can carry code)."""
+    return load_checkpoint(Path(spec))
 
 
 def read_weights_file(path: Path, *, trust_pickle: bool) -> dict[str, torch.Tensor]:
@@ -100,8 +103,7 @@ def read_weights_file(path: Path, *, trust_pickle: bool) -> dict[str, torch.Tens
     return obj
 
 
-@register_loader("openclip:")
-def _load_openclip(spec: str, *, trust_pickle: bool) -> nn.Module:
+def load_openclip(spec: str, *, trust_pickle: bool) -> nn.Module:
     import open_clip
 
     from sparc_eval.models.openclip_model import OpenClipModel, check_supported

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.registry import Registry
 
 ALIGNMENT_WEIGHTS = ("sparse", "softmax")
 # Which real tokens the fine-grained loss uses: "all" (the paper), or "unique": only tokens whose id occurs once in
@@ -259,16 +260,29 @@ class ClipObjective(nn.Module):
         return {"name": self.name}
 
 
-OBJECTIVES: dict[str, type[nn.Module]] = {"sparc": SparcObjective, "clip": ClipObjective}
+# Training objectives by the name `--objective` takes; another package adds its own through the
+# `sparc_eval.objectives` entry-point group (sparc_eval.registry). An objective is an nn.Module whose
+# forward maps the model's outputs (SparcModel.forward) to named loss parts with "total" among them,
+# and whose describe() names every choice it makes; its constructor's keyword arguments are its options.
+OBJECTIVES: Registry[type[nn.Module]] = Registry(
+    "objective",
+    {
+        "clip": "sparc_eval.models.objectives:ClipObjective",
+        "sparc": "sparc_eval.models.objectives:SparcObjective",
+    },
+)
+
+
+def objective_options(name: str) -> list[str]:
+    """The option names objective `name` takes (its constructor's keyword arguments)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return sorted(n for n, p in inspect.signature(OBJECTIVES.get(name)).parameters.items() if p.kind in named)
 
 
 def build_objective(name: str, **kwargs: Any) -> nn.Module:
-    """The objective called `name` ("sparc" or "clip") with its options, e.g. build_objective("sparc", lambda_f=5)."""
-    if name not in OBJECTIVES:
-        raise SparcEvalError(f"unknown objective {name!r}; use one of {', '.join(OBJECTIVES)}")
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    allowed = sorted(n for n, p in inspect.signature(OBJECTIVES[name]).parameters.items() if p.kind in named)
+    """The objective called `name` with its options, e.g. build_objective("sparc", lambda_f=5)."""
+    allowed = objective_options(name)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise SparcEvalError(f"objective {name!r} has no option {unknown[0]!r}; its options: {', '.join(allowed) or 'none'}")
-    return OBJECTIVES[name](**kwargs)
+    return OBJECTIVES.get(name)(**kwargs)

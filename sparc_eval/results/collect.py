@@ -13,21 +13,18 @@ from typing import Any
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.results.record import ResultRecord, iter_records
 
-# The SPARC paper's table order: zero-shot classification, retrieval, segmentation, detection,
-# captioning; every other runner (grounding probes, ...) is a diagnostic and comes last.
-FAMILY_BY_RUNNER = {
-    "classification": "zero-shot classification",
-    "retrieval": "retrieval",
-    "segmentation": "segmentation",
-    "detection": "detection",
-    "captioning": "captioning",
-}
+# The SPARC paper's table order of task families; a runner names its own family (Runner.family) and the
+# record carries it, so a plugin's family needs no entry here: families the paper lacks come after these,
+# by name, and the diagnostics (grounding probes, ...) last.
+PAPER_FAMILIES = ("zero-shot classification", "retrieval", "segmentation", "detection", "captioning")
 DIAGNOSTICS = "diagnostics"
-FAMILY_ORDER = (*FAMILY_BY_RUNNER.values(), DIAGNOSTICS)
 
 
-def task_family(runner: str) -> str:
-    return FAMILY_BY_RUNNER.get(runner, DIAGNOSTICS)
+def family_rank(family: str) -> tuple[int, str]:
+    """Sort key of a task family in the paper's order."""
+    if family in PAPER_FAMILIES:
+        return (PAPER_FAMILIES.index(family), "")
+    return (len(PAPER_FAMILIES) + (family == DIAGNOSTICS), family)
 
 
 def checkpoint_name(checkpoint: dict[str, Any]) -> str:
@@ -76,7 +73,7 @@ class Entry:
 
     @property
     def family(self) -> str:
-        return task_family(str(self.record.task.get("runner", "")))
+        return str(self.record.task.get("family") or DIAGNOSTICS)
 
     @property
     def label(self) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from string import Template
 
 from sparc_eval.fileio import write_text_atomic
-from sparc_eval.results.collect import FAMILY_ORDER
+from sparc_eval.results.collect import family_rank
 from sparc_eval.results.record import direction_arrow
 from sparc_eval.results.table import (
     Column,
@@ -77,9 +77,7 @@ def render_html(table: ResultsTable, title: str) -> str:
         title=html.escape(title),
         summary=html.escape(_summary(table)),
         table=_html_table(table),
-        charts="\n".join(
-            _family_chart(table, family) for family in FAMILY_ORDER if any(c.family == family for c in table.columns)
-        ),
+        charts="\n".join(_family_chart(table, family) for family in sorted({c.family for c in table.columns}, key=family_rank)),
     )
 
 

@@ -294,13 +294,14 @@ def _paired_bootstrap(
     """Resample sample indices (the same ones for both sides), recompute the metrics, and test delta = 0 two-sided."""
     from sparc_eval.tasks.runner import get_runner
 
-    runner = get_runner(str(new.record.task["runner"]))
+    runner_name = str(new.record.task["runner"])
+    runner = get_runner(runner_name)
     params = _card_params(new, runner)
     try:
         full = runner.aggregate(new_rows, params)
     except NotImplementedError:
         for c in comparisons:
-            c.test, c.note = "none", f"runner {runner.kind!r} cannot recompute its metrics from per-sample records"
+            c.test, c.note = "none", f"runner {runner_name!r} cannot recompute its metrics from per-sample records"
         return
     for c in comparisons:
         if full.get(c.metric) is None or not np.isclose(full[c.metric], c.new, rtol=1e-6, atol=1e-9):

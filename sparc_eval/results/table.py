@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sparc_eval.errors import SparcEvalError
-from sparc_eval.results.collect import FAMILY_ORDER, Entry, collect
+from sparc_eval.results.collect import Entry, collect, family_rank
 from sparc_eval.results.record import direction_arrow
 
 NOT_DEFINED = "n/a"
@@ -105,7 +105,7 @@ def _columns(entries: list[Entry], layout: str) -> list[Column]:
     metric_rank = {key: i for i, key in enumerate(seen)}
 
     def sort_key(c: Column) -> tuple:
-        family = FAMILY_ORDER.index(c.family) if layout == "paper" else 0
+        family = family_rank(c.family) if layout == "paper" else (0, "")
         return (family, c.task, metric_rank[(c.task, c.metric)])
 
     return sorted(seen.values(), key=sort_key)

@@ -37,7 +37,7 @@ from sparc_eval.tasks.captioner import (
     pad_targets,
     save_captioner,
 )
-from sparc_eval.tasks.runner import Runner, TaskOutput, register_runner
+from sparc_eval.tasks.runner import Runner, TaskOutput
 
 # ------------------------------------------------------------------------------ runner
 
@@ -67,9 +67,10 @@ def _collate(items: list[dict]) -> tuple[torch.Tensor, list[Any], list[list[str]
     return torch.stack([it["image"] for it in items]), [it["image_id"] for it in items], [it["captions"] for it in items]
 
 
-@register_runner("captioning")
 class CaptioningRunner(Runner):
     """Fits a captioner on the frozen backbone, decodes greedily, reports K-P / K-Pna / CIDEr."""
+
+    family = "captioning"
 
     Params = CaptioningParams
     metrics = {"kp": True, "kpna": True, "cider": True}

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparc_eval.builtin import builtin_dir
 from sparc_eval.data.synth import synthscenes_dir
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import read_yaml_card, sha256_text, write_text_atomic
 
 # Cards shipped with the repository; SPARC_EVAL_TASKS adds more folders (os.pathsep-separated).
-BUILTIN_CARD_DIR = Path(__file__).resolve().parents[2] / "tasks"
+BUILTIN_CARD_DIR = builtin_dir("tasks")
 
 _CARD_KEYS = {"name", "version", "runner", "description", "dataset", "fit_dataset", "params", "synthscenes"}
 _REQUIRED_CARD_KEYS = {"name", "version", "runner", "dataset"}

@@ -25,7 +25,7 @@ from sparc_eval.tasks.prompts import (
     resolve_templates,
     split_synonyms,
 )
-from sparc_eval.tasks.runner import Runner, TaskOutput, register_runner, resolve_root
+from sparc_eval.tasks.runner import Runner, TaskOutput, resolve_root
 
 TOP_K = 5
 
@@ -43,8 +43,8 @@ def require_finite(emb: torch.Tensor, what: str, model: Any) -> None:
         raise SparcEvalError(f"checkpoint {model.describe().get('ref', '?')} produced non-finite {what} embeddings")
 
 
-@register_runner("classification")
 class ClassificationRunner(Runner):
+    family = "zero-shot classification"
     Params = ClassificationParams
     metrics = {"top1": True, "top5": True, "mean_per_class_recall": True}
 

@@ -38,7 +38,7 @@ from sparc_eval.progress import make_progress, track
 from sparc_eval.tasks.card import DatasetSpec
 from sparc_eval.tasks.detection_head import LossWeights, OwlHead, Target, detection_losses, hungarian_match, top_k_detections
 from sparc_eval.tasks.prompts import class_text_embeddings, resolve_templates
-from sparc_eval.tasks.runner import Runner, TaskOutput, register_runner, resolve_root
+from sparc_eval.tasks.runner import Runner, TaskOutput, resolve_root
 
 # Which attribute of an opened dataset holds its annotation API (both keep the raw JSON in `.dataset`).
 _ANNOTATION_API = {"coco-instances": "coco", "lvis": "lvis_api"}
@@ -226,8 +226,8 @@ def _text_side_parameters(model: torch.nn.Module) -> set[int]:
     return used
 
 
-@register_runner("detection")
 class DetectionRunner(Runner):
+    family = "detection"
     Params = Params
     metrics = {name: True for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")}
     has_fit_stage = True

@@ -38,7 +38,7 @@ from sparc_eval.metrics.grounding import (
 )
 from sparc_eval.models.objectives import sparc_alignment_weights, sparc_fine_grained_loss
 from sparc_eval.progress import track
-from sparc_eval.tasks.runner import Runner, TaskOutput, register_runner, resolve_root
+from sparc_eval.tasks.runner import Runner, TaskOutput, resolve_root
 
 WORD_AGGREGATION = (
     "a word of k BPE tokens is scored by the mean of its k tokens' alignment-weight rows (still a distribution); "
@@ -239,7 +239,6 @@ def _collate(items: list[dict]) -> dict:
     return {"image": torch.stack([it["image"] for it in items]), "image_id": [it["image_id"] for it in items]}
 
 
-@register_runner("grounding")
 class GroundingRunner(Runner):
     @dataclass
     class Params:

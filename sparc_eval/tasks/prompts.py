@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sparc_eval import builtin
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.progress import track
 from sparc_eval.tasks.runner import RunContext
@@ -39,8 +40,7 @@ TEMPLATE_SETS: dict[str, Callable[[], tuple[str, ...]]] = {
     "openai-imagenet": _openai_imagenet_templates,
     "simple": lambda: ("a photo of a {}.",),
 }
-_BUILTIN = Path(__file__).resolve().parents[1] / "builtin" / "classnames"
-CLASSNAME_FILES: dict[str, Path] = {"imagenet": _BUILTIN / "imagenet.txt"}
+CLASSNAME_FILES: dict[str, Path] = {"imagenet": builtin.HERE / "classnames" / "imagenet.txt"}
 
 
 def _resolve_file(ref: str, base_dir: Path | None) -> Path:

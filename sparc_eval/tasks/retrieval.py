@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from sparc_eval.metrics.retrieval import recall_at_k, retrieval_ranks
 from sparc_eval.progress import track
 from sparc_eval.tasks.classification import require_finite
-from sparc_eval.tasks.runner import Runner, TaskOutput, register_runner
+from sparc_eval.tasks.runner import Runner, TaskOutput
 
 KS = (1, 5, 10)
 # Side of one block of the similarity matrix: memory for scoring is O(SCORE_CHUNK^2), whatever the split size.
@@ -36,8 +36,8 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-@register_runner("retrieval")
 class RetrievalRunner(Runner):
+    family = "retrieval"
     Params = RetrievalParams
     metrics = {**{f"i2t_r{k}": True for k in KS}, **{f"t2i_r{k}": True for k in KS}}
 

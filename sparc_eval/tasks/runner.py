@@ -8,7 +8,6 @@ A runner turns (card, model) into metrics plus per-sample records. Runners with 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -23,45 +22,27 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from sparc_eval.data.registry import open_dataset
 from sparc_eval.data.synth import ensure_synthscenes
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.registry import Registry
 from sparc_eval.tasks.card import DatasetSpec, TaskCard
 
-RUNNERS: dict[str, type[Runner]] = {}
-
-# Modules that register runners; imported on first lookup.
-_RUNNER_MODULES = (
-    "sparc_eval.tasks.classification",
-    "sparc_eval.tasks.retrieval",
-    "sparc_eval.tasks.segmentation",
-    "sparc_eval.tasks.detection",
-    "sparc_eval.tasks.captioning",
-    "sparc_eval.tasks.grounding",
+# The built-in task kinds, by the name a card's `runner:` gives; another package adds its own through the
+# `sparc_eval.runners` entry-point group (sparc_eval.registry). A new kind is one module and one line here.
+RUNNERS: Registry[type[Runner]] = Registry(
+    "runner",
+    {
+        "classification": "sparc_eval.tasks.classification:ClassificationRunner",
+        "retrieval": "sparc_eval.tasks.retrieval:RetrievalRunner",
+        "segmentation": "sparc_eval.tasks.segmentation:SegmentationRunner",
+        "detection": "sparc_eval.tasks.detection:DetectionRunner",
+        "captioning": "sparc_eval.tasks.captioning:CaptioningRunner",
+        "grounding": "sparc_eval.tasks.grounding:GroundingRunner",
+    },
 )
 
 
-def register_runner(kind: str) -> Callable[[type[Runner]], type[Runner]]:
-    def decorate(cls: type[Runner]) -> type[Runner]:
-        if kind in RUNNERS:
-            raise RuntimeError(f"runner {kind!r} registered twice")
-        cls.kind = kind
-        RUNNERS[kind] = cls
-        return cls
-
-    return decorate
-
-
 def get_runner(kind: str, card_path: Path | None = None) -> type[Runner]:
-    # A kind lives in sparc_eval/tasks/<kind>.py: import just that one (the others pull in heavy libraries),
-    # and all of them only to list the known kinds in an error.
-    own_module = f"sparc_eval.tasks.{kind}"
-    if own_module in _RUNNER_MODULES:
-        importlib.import_module(own_module)
-    if kind not in RUNNERS:
-        for module in _RUNNER_MODULES:
-            importlib.import_module(module)
-    if kind not in RUNNERS:
-        where = f"task card {card_path}: " if card_path else ""
-        raise SparcEvalError(f"{where}unknown runner {kind!r}; known runners: {', '.join(sorted(RUNNERS))}")
-    return RUNNERS[kind]
+    """The runner class of task kind `kind`; `card_path` names the card in the error for an unknown kind."""
+    return RUNNERS.get(kind, f"task card {card_path}: " if card_path else "")
 
 
 @dataclass
@@ -125,14 +106,17 @@ class TaskOutput:
 class Runner(ABC):
     """Base of every task runner.
 
-    Subclasses set `Params` (a dataclass validated against the card's `params`) and `metrics`
-    (name -> higher_is_better, None for descriptive quantities), and implement `evaluate`, plus `fit` when the task has a fitting stage.
-    `aggregate` recomputes metrics from per-sample records; regression's paired bootstrap uses it.
+    Subclasses set `Params` (a dataclass validated against the card's `params`), `metrics` (name ->
+    higher_is_better, None for descriptive quantities) and `family` (the column group of the results
+    table), and implement `evaluate`, plus `fit` when the task has a fitting stage. `aggregate`
+    recomputes metrics from per-sample records; regression's paired bootstrap uses it.
     """
 
-    kind: ClassVar[str]
     Params: ClassVar[type]
     metrics: ClassVar[dict[str, bool | None]]
+    # The task family the results table and leaderboard group this runner's columns under. The SPARC paper's
+    # families come first in its order (results.collect.PAPER_FAMILIES); anything else is a diagnostic.
+    family: ClassVar[str] = "diagnostics"
     has_fit_stage: ClassVar[bool] = False
 
     def __init__(self, card: TaskCard, params: Any, ctx: RunContext):
@@ -155,7 +139,7 @@ class Runner(ABC):
     @classmethod
     def aggregate(cls, samples: list[dict[str, Any]], params: Any) -> dict[str, float | None]:
         """Metrics recomputed from per-sample records; must equal what `evaluate` reported on the full set."""
-        raise NotImplementedError(f"runner {cls.kind!r} cannot recompute its metrics from per-sample records")
+        raise NotImplementedError(f"runner {cls.__name__} cannot recompute its metrics from per-sample records")
 
 
 def resolve_root(card: TaskCard, spec: DatasetSpec, data_dir: Path) -> Path:

@@ -49,7 +49,7 @@ from sparc_eval.tasks.prompts import (
     resolve_templates,
     split_synonyms,
 )
-from sparc_eval.tasks.runner import Runner, TaskOutput, register_runner, resolve_root
+from sparc_eval.tasks.runner import Runner, TaskOutput, resolve_root
 
 # How mIoU picks its classes, stated in every record (mmseg IoUMetric: nanmean over per-class IoU).
 MIOU_CLASSES = (
@@ -218,9 +218,10 @@ def _metrics(scores: SegmentationScores) -> dict[str, float | None]:
     return {"mIoU": _pct(scores.miou), "aAcc": _pct(scores.aacc), "mAcc": _pct(scores.macc)}
 
 
-@register_runner("segmentation")
 class SegmentationRunner(Runner):
     """Zero-shot semantic segmentation; metrics in percent, as mmseg and the paper report them."""
+
+    family = "segmentation"
 
     Params = SegmentationParams
     metrics = {"mIoU": True, "aAcc": True, "mAcc": True}

@@ -265,7 +265,7 @@ def render_alignment(
 ) -> dict[str, Any]:
     """Load `ckpt`, compute the alignment of `caption` over the image, write the PNG; return the per-token summary."""
     from sparc_eval.data.common import open_image
-    from sparc_eval.evaluate import resolve_device
+    from sparc_eval.evaluation import resolve_device
     from sparc_eval.models.loaders import load_model
 
     caption = caption.strip()

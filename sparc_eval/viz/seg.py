@@ -94,7 +94,7 @@ def render_segmentation(
     trust_pickle: bool = False,
 ) -> list[dict[str, Any]]:
     """Panels for the first `n` images of `task`'s evaluation split, one PNG each in `out_dir`."""
-    from sparc_eval.evaluate import resolve_device
+    from sparc_eval.evaluation import resolve_device
     from sparc_eval.models.loaders import load_model
     from sparc_eval.tasks.card import load_card, validate_params
     from sparc_eval.tasks.runner import RunContext, get_runner

@@ -132,6 +132,7 @@ def run_evaluation(
             "version": card.version,
             "card_sha256": card.sha256,
             "runner": card.runner,
+            "family": runner_cls.family,
             "card_path": str(card.path),
             "description": card.description,
         },

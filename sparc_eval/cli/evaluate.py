@@ -1,0 +1,123 @@
+"""`sparc-eval tasks` and `sparc-eval run`: list task cards, score checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sparc_eval.cli.app import app, console
+
+
+@app.command("tasks")
+def tasks_list(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the task cards with their runner, dataset and metrics.
+
+    Example: sparc-eval tasks
+    """
+    import json
+
+    from rich.table import Table
+
+    from sparc_eval.tasks.card import list_card_paths, load_card
+    from sparc_eval.tasks.runner import get_runner
+
+    rows = []
+    for path in list_card_paths():
+        card = load_card(path)
+        runner = get_runner(card.runner, card.path)
+        rows.append(
+            {
+                "name": card.name,
+                "version": card.version,
+                "runner": card.runner,
+                "dataset": f"{card.dataset.format}:{card.dataset.root} [{card.dataset.split}]",
+                "metrics": list(runner.metrics),
+                "path": str(card.path),
+            }
+        )
+    if json_out:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="task cards")
+    for column in ("name", "version", "runner", "dataset", "metrics"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], str(row["version"]), row["runner"], row["dataset"], ", ".join(row["metrics"]))
+    console.print(table)
+
+
+@app.command("run")
+def run(
+    task: list[str] = typer.Option(..., "--task", "-t", help="Task card name or path; repeat for several."),
+    ckpt: str = typer.Option(
+        ...,
+        "--ckpt",
+        help="Checkpoint: a sparc-eval checkpoint folder, a checkpoint card (.yaml), openclip:ARCH, openclip:ARCH@FILE.",
+    ),
+    out: Path = typer.Option(Path("results"), "--out", help="Results folder."),
+    data_dir: Path = typer.Option(
+        Path("data"),
+        "--data-dir",
+        envvar="SPARC_EVAL_DATA",
+        help="Where datasets live; SynthScenes is generated here on first use.",
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N samples."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Batch size."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16 (autocast)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
+    seed: int = typer.Option(0, "--seed", help="Seed for everything random in the run."),
+    force: bool = typer.Option(False, "--force", help="Recompute even if a record exists."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow checkpoint files that need code to unpickle."),
+    json_out: bool = typer.Option(False, "--json", help="Print the records as JSON on stdout."),
+) -> None:
+    """Score a checkpoint on one or more task cards; writes one result record per task.
+
+    Example: sparc-eval run --task synth-cls --task synth-retrieval --ckpt runs/quick/tiny-sparc
+    """
+    import json
+
+    from rich.table import Table
+
+    from sparc_eval.evaluation import run_evaluation
+    from sparc_eval.results.record import direction_arrow
+
+    evaluations = [
+        run_evaluation(
+            ckpt,
+            name,
+            out=out,
+            data_dir=data_dir,
+            limit=limit,
+            batch_size=batch_size,
+            precision=precision,
+            device=device,
+            num_workers=num_workers,
+            seed=seed,
+            force=force,
+            trust_pickle=trust_pickle,
+        )
+        for name in task
+    ]
+    if json_out:
+        print(json.dumps([e.record.to_json() for e in evaluations], indent=2))
+        return
+    table = Table(title=f"results for {ckpt}")
+    for column in ("task", "metric", "value", "n", "status", "record"):
+        table.add_column(column)
+    for e in evaluations:
+        status = "reused" if e.reused else f"{e.record.wall_time_s:.1f}s"
+        for i, (name, metric) in enumerate(e.record.metrics.items()):
+            value = "n/a" if metric.value is None else f"{metric.value:.4g}"
+            arrow = direction_arrow(metric.higher_is_better)
+            first = i == 0
+            table.add_row(
+                e.record.task["name"] if first else "",
+                f"{name} {arrow}",
+                value,
+                str(e.record.n_samples) if first else "",
+                status if first else "",
+                str(e.path) if first else "",
+            )
+    console.print(table)

@@ -1,0 +1,83 @@
+"""`sparc-eval table`, `regress` and `leaderboard build`: read result records."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from sparc_eval.cli.app import app, console, leaderboard_app
+from sparc_eval.errors import SparcEvalError
+
+
+@app.command("table")
+def table_cmd(
+    results_dir: Path = typer.Argument(..., help="Results folder (searched recursively for *.record.json)."),
+    fmt: str = typer.Option("rich", "--format", "-f", help="rich, md, csv or json."),
+    layout: str = typer.Option("default", "--layout", help="default (tasks by name) or paper (the SPARC paper's column order)."),
+) -> None:
+    """Pivot result records into one table: a row per checkpoint, a column per task x metric.
+
+    Example: sparc-eval table results --format md --layout paper
+    """
+    from sparc_eval.results.table import FORMATS, TEXT_RENDERERS, build_table, render_rich
+
+    if fmt not in FORMATS:
+        raise SparcEvalError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
+    table = build_table(results_dir, layout=layout)
+    if fmt == "rich":
+        console.print(render_rich(table, title=f"results in {results_dir}", width=console.width))
+    else:
+        sys.stdout.write(TEXT_RENDERERS[fmt](table))
+
+
+@app.command("regress")
+def regress_cmd(
+    baseline: Path = typer.Option(..., "--baseline", help="Folder of baseline result records (e.g. leaderboard/baseline)."),
+    results: Path = typer.Option(..., "--results", help="Folder of new result records to gate."),
+    tolerance: float = typer.Option(0.0, "--tolerance", help="Absolute drop allowed before a metric is tested at all."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired test."),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", help="Paired bootstrap resamples (metrics without 0/1 per-sample outcomes)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    exact: bool = typer.Option(
+        False,
+        "--exact",
+        help="Both folders replicate one deterministic run (CI's quickstart --fast): any drop beyond the tolerance fails, no paired test.",
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Regression gate: fail when a metric drops beyond the tolerance AND significantly, or a baseline task is missing or changed.
+
+    Exit code 0 = pass, 1 = regression / missing / changed, 2 = bad input.
+
+    Example: sparc-eval regress --baseline leaderboard/baseline --results runs/ci/results --tolerance 0.01
+    """
+    import json
+
+    from sparc_eval.results.regress import compare_results, render_report
+
+    report = compare_results(baseline, results, tolerance=tolerance, alpha=alpha, n_bootstrap=bootstrap, seed=seed, exact=exact)
+    if json_out:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        render_report(report, console)
+    sys.exit(report.exit_code)  # typer.Exit would be swallowed by standalone_mode=False
+
+
+@leaderboard_app.command("build")
+def leaderboard_build(
+    results_dir: Path = typer.Argument(..., help="Results folder (searched recursively for *.record.json)."),
+    out: Path = typer.Option(Path("leaderboard"), "--out", help="Folder for leaderboard.md, leaderboard.csv and index.html."),
+    title: str = typer.Option("sparc-eval leaderboard", "--title", help="Page title."),
+) -> None:
+    """Write the leaderboard as Markdown, CSV and a self-contained, sortable HTML page with one chart per task family.
+
+    Example: sparc-eval leaderboard build results --out leaderboard/
+    """
+    from sparc_eval.results.leaderboard import build_leaderboard
+
+    for path in build_leaderboard(results_dir, out, title=title).values():
+        console.print(f"wrote {path}", highlight=False)
