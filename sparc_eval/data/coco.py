@@ -21,18 +21,16 @@ from sparc_eval.data.common import (
     ImageDataset,
     group_by,
     load_json,
-    no_other_options,
     open_image,
     require_images,
     require_nonempty,
-    require_option,
     resolve,
 )
 from sparc_eval.errors import SparcEvalError
 
 
-def _load(root: Path, split: str, options: dict, fmt: str, keys: tuple[str, ...]) -> tuple[Path, dict]:
-    annotation = resolve(root, require_option(options, "annotation", fmt), split)
+def _load(root: Path, split: str, annotation_option: str, fmt: str, keys: tuple[str, ...]) -> tuple[Path, dict]:
+    annotation = resolve(root, annotation_option, split)
     data = load_json(annotation)
     if not isinstance(data, dict) or any(not isinstance(data.get(k), list) for k in keys):
         raise SparcEvalError(f"annotation file {annotation} is not COCO {fmt[5:]} JSON (needs lists {', '.join(keys)})")
@@ -54,11 +52,9 @@ def _check_refs(annotation: Path, data: dict, categories: bool) -> None:
             )
 
 
-def read_coco_captions(root: Path, split: str, *, transform: Callable | None = None, **options) -> CaptionDataset:
-    """Option: `annotation` (captions_*.json)."""
-    annotation, data = _load(root, split, options, "coco-captions", ("images", "annotations"))
-    options.pop("annotation")
-    no_other_options(options, "coco-captions")
+def read_coco_captions(root: Path, split: str, *, transform: Callable | None = None, annotation: str) -> CaptionDataset:
+    """Option: `annotation` (captions_*.json, relative to root or absolute; '{split}' is replaced by the split)."""
+    annotation, data = _load(root, split, annotation, "coco-captions", ("images", "annotations"))
     _check_refs(annotation, data, categories=False)
     by_image = group_by(data["annotations"], "image_id")
     paths = [root / img["file_name"] for img in data["images"]]
@@ -126,14 +122,12 @@ class InstancesDataset(ImageDataset):
 
 
 def read_coco_instances(
-    root: Path, split: str, *, transform: Callable | None = None, masks: bool = False, **options
+    root: Path, split: str, *, transform: Callable | None = None, annotation: str, masks: bool = False
 ) -> InstancesDataset:
     """Options: `annotation` (instances_*.json), `masks` (decode instance masks into items)."""
     from pycocotools.coco import COCO
 
-    annotation, data = _load(root, split, options, "coco-instances", ("images", "annotations", "categories"))
-    options.pop("annotation")
-    no_other_options(options, "coco-instances")
+    annotation, data = _load(root, split, annotation, "coco-instances", ("images", "annotations", "categories"))
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress

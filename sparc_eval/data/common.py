@@ -29,17 +29,6 @@ def resolve(root: Path, value: str | os.PathLike, split: str | None = None) -> P
     return path if path.is_absolute() else root / path
 
 
-def require_option(options: dict, key: str, fmt: str) -> Any:
-    if options.get(key) in (None, ""):
-        raise SparcEvalError(f"the {fmt} reader needs option {key!r} (e.g. the path of its annotation file)")
-    return options[key]
-
-
-def no_other_options(options: dict, fmt: str) -> None:
-    if options:
-        raise SparcEvalError(f"unknown option(s) for the {fmt} reader: {', '.join(sorted(options))}")
-
-
 def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise SparcEvalError(f"{what} {path} does not exist")

@@ -14,7 +14,6 @@ from pathlib import Path
 from sparc_eval.data.common import (
     IMAGE_EXTENSIONS,
     ImageDataset,
-    no_other_options,
     read_lines,
     require_dir,
     require_nonempty,
@@ -49,10 +48,9 @@ def read_classnames(path: Path) -> tuple[list[str], list[str]]:
 
 
 def read_imagefolder(
-    root: Path, split: str, *, transform: Callable | None = None, classnames: str | None = None, **options
+    root: Path, split: str, *, transform: Callable | None = None, classnames: str | None = None
 ) -> ImageFolderDataset:
     """Option: `classnames` (file, relative to root or absolute; default root/classnames.txt)."""
-    no_other_options(options, "imagefolder")
     names_file = resolve(root, classnames or "classnames.txt")
     folders, names = read_classnames(names_file)
     split_dir = require_dir(root / split, "split folder")

@@ -13,21 +13,19 @@ from pathlib import Path
 from sparc_eval.data.common import (
     CaptionDataset,
     load_json,
-    no_other_options,
     require_images,
     require_nonempty,
-    require_option,
     resolve,
 )
 from sparc_eval.errors import SparcEvalError
 
 
-def read_karpathy(root: Path, split: str, *, transform: Callable | None = None, **options) -> CaptionDataset:
+def read_karpathy(
+    root: Path, split: str, *, transform: Callable | None = None, annotation: str, images_dir: str = "."
+) -> CaptionDataset:
     """Options: `annotation` (dataset_*.json, relative to root or absolute), `images_dir` (for entries without filepath)."""
-    annotation = resolve(root, require_option(options, "annotation", "karpathy"), split)
-    images_dir = resolve(root, options.pop("images_dir", "."))
-    options.pop("annotation")
-    no_other_options(options, "karpathy")
+    annotation = resolve(root, annotation, split)
+    images_dir = resolve(root, images_dir)
     data = load_json(annotation)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise SparcEvalError(f"annotation file {annotation} is not a Karpathy split file (no 'images' list)")

@@ -13,17 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sparc_eval.data.coco import InstancesDataset
-from sparc_eval.data.common import no_other_options, require_file, require_nonempty, require_option, resolve
+from sparc_eval.data.common import require_file, require_nonempty, resolve
 from sparc_eval.errors import SparcEvalError
 
 
-def read_lvis(root: Path, split: str, *, transform: Callable | None = None, masks: bool = False, **options) -> InstancesDataset:
+def read_lvis(
+    root: Path, split: str, *, transform: Callable | None = None, annotation: str, masks: bool = False
+) -> InstancesDataset:
     """Options: `annotation` (lvis_v1_{split}.json), `masks` (decode instance masks into items)."""
     from lvis import LVIS
 
-    annotation = require_file(resolve(root, require_option(options, "annotation", "lvis"), split), "annotation file")
-    options.pop("annotation")
-    no_other_options(options, "lvis")
+    annotation = require_file(resolve(root, annotation, split), "annotation file")
     logging.getLogger("lvis.lvis").setLevel(logging.WARNING)
     try:
         api = LVIS(str(annotation))

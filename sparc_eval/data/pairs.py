@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from sparc_eval.data.common import ImageDataset, no_other_options, require_images, require_nonempty
+from sparc_eval.data.common import ImageDataset, require_images, require_nonempty
 from sparc_eval.errors import SparcEvalError
 
 
@@ -37,9 +37,8 @@ def _rows(path: Path) -> list[dict]:
         raise SparcEvalError(f"pairs file {path} does not parse ({exc})") from None
 
 
-def read_pairs(root: Path, split: str, *, transform: Callable | None = None, **options) -> PairsDataset:
+def read_pairs(root: Path, split: str, *, transform: Callable | None = None) -> PairsDataset:
     """No options; `root` is a pairs file or a folder with {split}.jsonl / {split}.csv."""
-    no_other_options(options, "pairs")
     if root.is_dir():
         candidates = [root / f"{split}.jsonl", root / f"{split}.csv"]
         found = [p for p in candidates if p.is_file()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,7 +19,6 @@ from PIL import Image
 
 from sparc_eval.data.common import (
     ImageDataset,
-    no_other_options,
     open_image,
     read_lines,
     require_dir,
@@ -161,10 +161,14 @@ class SegmentationDataset(ImageDataset):
 
 
 def read_voc(
-    root: Path, split: str, *, transform: Callable | None = None, layout: str = "voc", classnames: str | None = None, **options
+    root: Path,
+    split: str,
+    *,
+    transform: Callable | None = None,
+    layout: Literal["voc", "context"] = "voc",
+    classnames: str | None = None,
 ) -> SegmentationDataset:
     """Options: `layout` ("voc" | "context"), `classnames` (file, one per line, index order; else built in)."""
-    no_other_options(options, "voc")
     if layout not in _LAYOUTS:
         raise SparcEvalError(f"unknown voc layout {layout!r}; known: {', '.join(_LAYOUTS)}")
     label_dir, sets_dir, names, reduce = _LAYOUTS[layout]

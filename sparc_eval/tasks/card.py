@@ -1,8 +1,11 @@
-"""Task cards: YAML files in `tasks/` that say what to evaluate, validated strictly on load.
+"""Task cards: YAML files that say what to evaluate, validated completely when they are loaded (docs/cards.md).
 
 A card names a runner kind, the dataset it reads (format + root + split + the format's own options)
-and the runner's parameters. Unknown or missing keys are errors naming the card and the key. The
-card hash is taken over the parsed content, so comments and formatting do not change it.
+and the runner's parameters. The card's own keys follow `TaskCardSchema`; the dataset options are
+checked against the reader's keyword-only parameters and the params against the runner's `Params`
+dataclass (sparc_eval.schema), and the runner's own cross-checks (`Runner.check`) run too, so a card
+that loads is a card that can run. Every failure is one line naming the card and the key. The card
+hash is taken over the parsed content without `tags`, so comments, formatting and tags do not change it.
 """
 
 from __future__ import annotations
@@ -10,25 +13,53 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from sparc_eval.builtin import builtin_dir
+from sparc_eval.card_files import TASK, find_card_file, is_path_ref, list_card_files, read_card
 from sparc_eval.data.synth import synthscenes_dir
 from sparc_eval.errors import SparcEvalError
-from sparc_eval.fileio import read_yaml_card, sha256_text, write_text_atomic
+from sparc_eval.fileio import sha256_text, write_text_atomic
+from sparc_eval.schema import Name, NonEmpty, Split, StrictModel, build_dataclass, model_from_callable, validate
 
-# Cards shipped with the repository; SPARC_EVAL_TASKS adds more folders (os.pathsep-separated).
 BUILTIN_CARD_DIR = builtin_dir("tasks")
+# Keys left out of the card hash: they describe or group a card, they do not change its numbers.
+UNHASHED_KEYS = ("tags",)
+# Reader parameters a card does not set: the harness passes them (the image transform).
+_READER_RUNTIME_ARGS = frozenset({"transform"})
 
-_CARD_KEYS = {"name", "version", "runner", "description", "dataset", "fit_dataset", "params", "synthscenes"}
-_REQUIRED_CARD_KEYS = {"name", "version", "runner", "dataset"}
-_DATASET_FIXED_KEYS = {"format", "root", "split"}
-# Generator parameters of the SynthScenes tree a card reads through the `{synthscenes}` root placeholder.
-_SYNTH_DEFAULTS = {"seed": 0, "n_train": 4000, "n_val": 500, "image_size": 64}
+
+class SynthScenesSchema(StrictModel):
+    """Generator parameters of a SynthScenes tree (read through the `{synthscenes}` root placeholder)."""
+
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    n_train: Annotated[int, Field(ge=1, le=10_000_000)] = 4000
+    n_val: Annotated[int, Field(ge=1, le=10_000_000)] = 500
+    image_size: Annotated[int, Field(ge=16, le=4096)] = 64
+
+
+class DatasetSchema(StrictModel, extra="allow"):
+    """format, root, split; every other key is an option of the format's reader (checked against the reader)."""
+
+    format: NonEmpty
+    root: NonEmpty
+    split: Split
+
+
+class TaskCardSchema(StrictModel):
+    name: Name
+    version: Annotated[int, Field(ge=0)]
+    runner: NonEmpty
+    description: str = ""
+    dataset: DatasetSchema
+    fit_dataset: DatasetSchema | None = None
+    params: dict[str, Any] | None = None  # checked against the runner's Params
+    synthscenes: SynthScenesSchema | None = None
+    tags: list[Name] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -40,6 +71,9 @@ class DatasetSpec:
     split: str
     options: dict[str, Any] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
 
 @dataclass(frozen=True)
 class TaskCard:
@@ -49,14 +83,16 @@ class TaskCard:
     description: str
     dataset: DatasetSpec
     fit_dataset: DatasetSpec | None
-    params: dict[str, Any]
+    params: dict[str, Any]  # as the card writes them
     synthscenes: dict[str, int] | None
     path: Path
     sha256: str
+    tags: tuple[str, ...] = ()
+    runner_params: Any = None  # the runner's Params, validated, defaults filled in
 
     @property
     def synth_params(self) -> dict[str, int]:
-        return self.synthscenes or dict(_SYNTH_DEFAULTS)
+        return self.synthscenes or SynthScenesSchema().model_dump()
 
     def synthscenes_dir(self, data_dir: Path) -> Path:
         """The folder of the SynthScenes tree this card reads, named by its generator parameters."""
@@ -64,114 +100,90 @@ class TaskCard:
 
 
 def card_search_dirs() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get("SPARC_EVAL_TASKS", "").split(os.pathsep) if p]
-    return [*extra, BUILTIN_CARD_DIR]
+    """Folders searched for task cards by name, in order (card_files: --cards, SPARC_EVAL_CARDS, built-in)."""
+    from sparc_eval.card_files import search_dirs
+
+    return search_dirs(TASK)
 
 
-def find_card(ref: str | Path) -> Path:
-    """A card given by path (anything ending in .yaml/.yml or an existing file) or by name."""
-    ref_str = str(ref)
-    if ref_str.endswith((".yaml", ".yml")) or Path(ref_str).is_file():
-        path = Path(ref_str)
-        if not path.is_file():
-            raise SparcEvalError(f"task card {path} does not exist")
-        return path
-    for folder in card_search_dirs():
-        for suffix in (".yaml", ".yml"):
-            candidate = folder / f"{ref_str}{suffix}"
-            if candidate.is_file():
-                return candidate
-    known = ", ".join(sorted(p.stem for p in list_card_paths()))
-    raise SparcEvalError(f"unknown task {ref_str!r}; known tasks: {known}")
+def find_card(ref: str | os.PathLike) -> Path:
+    """A card given by path (ending in .yaml/.yml) or by name (card_files)."""
+    return find_card_file(ref, TASK)
 
 
 def list_card_paths() -> list[Path]:
-    seen: dict[str, Path] = {}
-    for folder in card_search_dirs():
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.y*ml")):
-                seen.setdefault(path.stem, path)
-    return [seen[name] for name in sorted(seen)]
+    return list_card_files(TASK)
 
 
-def _dataset_spec(raw: Any, where: str) -> DatasetSpec:
-    if not isinstance(raw, dict):
-        raise SparcEvalError(f"{where} must be a mapping with keys format, root, split")
-    missing = _DATASET_FIXED_KEYS - raw.keys()
-    if missing:
-        raise SparcEvalError(f"{where} is missing key {sorted(missing)[0]!r}")
-    options = {k: v for k, v in raw.items() if k not in _DATASET_FIXED_KEYS}
-    return DatasetSpec(format=str(raw["format"]), root=str(raw["root"]), split=str(raw["split"]), options=options)
+def validate_options(reader: Any, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """A card's reader options checked against the reader's keyword-only parameters (types from its annotations)."""
+    name = f"{getattr(reader, '__name__', 'reader')}_options"
+    model = model_from_callable(reader, name, skip=_READER_RUNTIME_ARGS, keyword_only=True)
+    validate(model, options, where, "reader option")
+    return options
 
 
-def load_card(ref: str | Path) -> TaskCard:
-    """Read and validate the card's own keys; the runner validates `params` (see runner.validate_params)."""
+def validate_params(params_type: type, raw: dict[str, Any] | None, card: TaskCard | str) -> Any:
+    """The runner's Params dataclass built from `raw` (a card's `params`, or a record's), validated strictly;
+    `card` (or a description of the source) names the file in the one-line error."""
+    where = f"task card {card.path}" if isinstance(card, TaskCard) else card
+    return build_dataclass(params_type, raw, where, "params key")
+
+
+def _dataset_spec(schema: DatasetSchema, where: str) -> DatasetSpec:
+    from sparc_eval.data.registry import READERS
+
+    options = dict(schema.model_extra or {})
+    try:
+        reader = READERS.get(schema.format, f"{where}: ")
+    except SparcEvalError as exc:
+        raise SparcEvalError(_naming(str(exc), where)) from None
+    validate_options(reader, options, where)
+    return DatasetSpec(format=schema.format, root=schema.root, split=schema.split, options=options)
+
+
+def _naming(message: str, where: str) -> str:
+    """`message` prefixed with `where` unless it already names it (a plugin's import failure names only the plugin)."""
+    return message if message.startswith(where) else f"{where}: {message}"
+
+
+def card_sha256(raw: dict[str, Any]) -> str:
+    """The hash of a card's content: its parsed keys without UNHASHED_KEYS, key order and formatting ignored."""
+    hashed = {k: v for k, v in raw.items() if k not in UNHASHED_KEYS}
+    return sha256_text(json.dumps(hashed, sort_keys=True, default=str))
+
+
+def load_card(ref: str | os.PathLike) -> TaskCard:
+    """Read and validate a task card completely: its keys, its reader options, its runner's params and checks."""
+    from sparc_eval.tasks.runner import get_runner
+
     path = find_card(ref)
-    raw = read_yaml_card(path, "task card", _CARD_KEYS, _REQUIRED_CARD_KEYS)
-    if not isinstance(raw["version"], int):
-        raise SparcEvalError(f"task card {path}: 'version' must be an integer, got {raw['version']!r}")
-    synth = raw.get("synthscenes")
-    if synth is not None:
-        if not isinstance(synth, dict) or set(synth) - set(_SYNTH_DEFAULTS):
-            raise SparcEvalError(f"task card {path}: 'synthscenes' takes only {', '.join(_SYNTH_DEFAULTS)}")
-        synth = {**_SYNTH_DEFAULTS, **synth}
-    params = raw.get("params") or {}
-    if not isinstance(params, dict):
-        raise SparcEvalError(f"task card {path}: 'params' must be a mapping")
-    return TaskCard(
-        name=str(raw["name"]),
-        version=raw["version"],
-        runner=str(raw["runner"]),
-        description=str(raw.get("description", "")),
-        dataset=_dataset_spec(raw["dataset"], f"task card {path}: 'dataset'"),
-        fit_dataset=_dataset_spec(raw["fit_dataset"], f"task card {path}: 'fit_dataset'") if raw.get("fit_dataset") else None,
-        params=params,
-        synthscenes=synth,
+    _, raw = read_card(path, TASK)
+    where = f"task card {path}"
+    schema = validate(TaskCardSchema, raw, where)
+    assert isinstance(schema, TaskCardSchema)
+    if not is_path_ref(ref) and schema.name != path.stem:
+        raise SparcEvalError(f"{where}: its name {schema.name!r} differs from its file name; a card found by name carries it")
+    try:
+        runner_cls = get_runner(schema.runner, path)
+    except SparcEvalError as exc:
+        raise SparcEvalError(_naming(str(exc), where)) from None
+    card = TaskCard(
+        name=schema.name,
+        version=schema.version,
+        runner=schema.runner,
+        description=schema.description,
+        dataset=_dataset_spec(schema.dataset, f"{where}: dataset"),
+        fit_dataset=_dataset_spec(schema.fit_dataset, f"{where}: fit_dataset") if schema.fit_dataset else None,
+        params=dict(schema.params or {}),
+        synthscenes=schema.synthscenes.model_dump() if schema.synthscenes else None,
         path=path,
-        sha256=sha256_text(json.dumps(raw, sort_keys=True, default=str)),
+        sha256=card_sha256(raw),
+        tags=tuple(schema.tags),
     )
-
-
-def _type_ok(value: Any, annotation: Any) -> bool:
-    """A loose check of YAML values against a dataclass field annotation (int accepted where float is)."""
-    if annotation is Any:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if origin in (list, tuple):
-        (item_type, *_) = typing.get_args(annotation) or (Any,)
-        return isinstance(value, (list, tuple)) and all(_type_ok(v, item_type) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if origin is typing.Literal:
-        return value in typing.get_args(annotation)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, annotation)
-
-
-def validate_params(params_type: type, raw: dict[str, Any], card: TaskCard) -> Any:
-    """Build the runner's Params dataclass from the card's `params`, naming the card and key on any error."""
-    hints = typing.get_type_hints(params_type)
-    fields = {f.name: f for f in dataclasses.fields(params_type)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise SparcEvalError(
-            f"task card {card.path}: unknown params key {unknown[0]!r} for runner {card.runner!r} "
-            f"(allowed: {', '.join(sorted(fields))})"
-        )
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
-        if required and name not in raw:
-            raise SparcEvalError(f"task card {card.path}: missing params key {name!r}")
-        if name in raw and not _type_ok(raw[name], hints[name]):
-            raise SparcEvalError(f"task card {card.path}: params key {name!r} has value {raw[name]!r}, expected {hints[name]}")
-    return params_type(**raw)
+    params = validate_params(runner_cls.Params, card.params, card)
+    runner_cls.check(card, params)
+    return dataclasses.replace(card, runner_params=params)
 
 
 def write_card_variant(
@@ -181,7 +193,7 @@ def write_card_variant(
     the params the card already has, and (when given) another SynthScenes tree. Its hash follows its new content."""
     import yaml
 
-    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    _, raw = read_card(source, TASK)
     if synthscenes is not None:
         raw["synthscenes"] = dict(synthscenes)
     card_params = raw.get("params") or {}
