@@ -84,14 +84,17 @@ class CaptioningRunner(Runner):
     def _cache_file(self) -> Path:
         return self.ctx.cache_dir / f"captioner-seed{self.ctx.seed}.safetensors"
 
+    @classmethod
+    def check(cls, card, params: CaptioningParams) -> None:
+        if card.fit_dataset is None:
+            raise SparcEvalError(f"task card {card.path}: runner 'captioning' needs a fit_dataset to train the captioner on")
+
     def fit(self, model: torch.nn.Module) -> None:
         path = self._cache_file()
         if path.is_file():
             self.captioner, self.vocab, self.fit_info = load_captioner(path)
             self.fit_info["reused_cache"] = True
             return
-        if self.card.fit_dataset is None:
-            raise SparcEvalError(f"task card {self.card.path}: runner 'captioning' needs a fit_dataset to train the captioner on")
         p = self.params
         dataset = self.open(self.card.fit_dataset, transform=model.preprocess)
         captions = [c for caps in dataset.captions for c in caps]

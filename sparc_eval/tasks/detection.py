@@ -232,8 +232,8 @@ class DetectionRunner(Runner):
     metrics = {name: True for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")}
     has_fit_stage = True
 
-    def __init__(self, card, params: Params, ctx):
-        super().__init__(card, params, ctx)
+    @classmethod
+    def check(cls, card, params: Params) -> None:
         checks = {
             "top_k": params.top_k >= 1 and (params.protocol != "lvis" or params.top_k <= _LVIS_MAX_DETS),
             "epochs": params.epochs >= 1,
@@ -260,6 +260,13 @@ class DetectionRunner(Runner):
             raise SparcEvalError(
                 f"task card {card.path}: LVIS data needs protocol 'lvis' (COCOeval ignores LVIS's federated labels)"
             )
+
+    @classmethod
+    def requirements(cls, params: Params) -> dict[str, str]:
+        return {"lvis": "lvis"} if params.protocol == "lvis" else {}
+
+    def __init__(self, card, params: Params, ctx):
+        super().__init__(card, params, ctx)
         self.weights = LossWeights(
             params.class_weight, params.l1_weight, params.giou_weight, params.focal_alpha, params.focal_gamma
         )

@@ -264,15 +264,18 @@ class GroundingRunner(Runner):
         "position_r2": False,
     }
 
+    @classmethod
+    def check(cls, card, params) -> None:
+        if params.mentions not in MENTION_SOURCES:
+            raise SparcEvalError(
+                f"task card {card.path}: unknown mentions source {params.mentions!r}; known: {', '.join(sorted(MENTION_SOURCES))}"
+            )
+
     def evaluate(self, model: torch.nn.Module) -> TaskOutput:
         p = self.params
         base = self.open(self.card.dataset, transform=model.preprocess)
         if not hasattr(base, "coco"):
             raise SparcEvalError(f"task card {self.card.path}: the grounding runner needs a dataset of format coco-instances")
-        if p.mentions not in MENTION_SOURCES:
-            raise SparcEvalError(
-                f"task card {self.card.path}: unknown mentions source {p.mentions!r}; known: {', '.join(sorted(MENTION_SOURCES))}"
-            )
         mentions_path = resolve_root(self.card, dataclasses.replace(self.card.dataset, root=p.mentions_file), self.ctx.data_dir)
         captions = MENTION_SOURCES[p.mentions](mentions_path, base)
         dataset = self.ctx.limited(base)  # the first `limit` images

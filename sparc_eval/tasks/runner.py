@@ -156,6 +156,12 @@ def resolve_root(card: TaskCard, spec: DatasetSpec, data_dir: Path) -> Path:
         ) from None
 
 
+def require_finite(emb: torch.Tensor, what: str, model: Any) -> None:
+    """Stop with one line naming the checkpoint when it produced NaN or infinite embeddings (shared by the task kinds)."""
+    if not torch.isfinite(emb).all():
+        raise SparcEvalError(f"checkpoint {model.describe().get('ref', '?')} produced non-finite {what} embeddings")
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch, numpy and random for a deterministic CPU run."""
     random.seed(seed)

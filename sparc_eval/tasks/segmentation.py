@@ -226,8 +226,8 @@ class SegmentationRunner(Runner):
     Params = SegmentationParams
     metrics = {"mIoU": True, "aAcc": True, "mAcc": True}
 
-    def __init__(self, card, params: SegmentationParams, ctx):
-        super().__init__(card, params, ctx)
+    @classmethod
+    def check(cls, card, params: SegmentationParams) -> None:
         p, where = params, f"task card {card.path}"
         if (p.background == "threshold") != (p.background_threshold is not None):
             raise SparcEvalError(f"{where}: background_threshold is set exactly when background is 'threshold'")
@@ -239,7 +239,10 @@ class SegmentationRunner(Runner):
             raise SparcEvalError(f"{where}: need 0 < stride <= crop, got crop {p.crop} and stride {p.stride}")
         if p.short_side is not None and p.short_side < 1:
             raise SparcEvalError(f"{where}: short_side must be positive, got {p.short_side}")
-        self.protocol = BACKGROUND_PROTOCOLS[p.background]
+
+    def __init__(self, card, params: SegmentationParams, ctx):
+        super().__init__(card, params, ctx)
+        self.protocol = BACKGROUND_PROTOCOLS[params.background]
 
     # -------------------------------------------------------------- classes
 
