@@ -14,7 +14,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sparc_eval.errors import SparcEvalError
 from sparc_eval.metrics.classification import accuracy, hits_at_k, label_ranks, mean_per_class_recall
 from sparc_eval.progress import track
 from sparc_eval.tasks.prompts import (
@@ -25,7 +24,7 @@ from sparc_eval.tasks.prompts import (
     resolve_templates,
     split_synonyms,
 )
-from sparc_eval.tasks.runner import Runner, TaskOutput, resolve_root
+from sparc_eval.tasks.runner import Runner, TaskOutput, require_finite, resolve_root
 
 TOP_K = 5
 
@@ -36,11 +35,6 @@ class ClassificationParams:
     templates: str = "simple"
     # A built-in class-name list (imagenet) used in place of the dataset's class-name file.
     classnames: str | None = None
-
-
-def require_finite(emb: torch.Tensor, what: str, model: Any) -> None:
-    if not torch.isfinite(emb).all():
-        raise SparcEvalError(f"checkpoint {model.describe().get('ref', '?')} produced non-finite {what} embeddings")
 
 
 class ClassificationRunner(Runner):

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 
 from sparc_eval.metrics.retrieval import recall_at_k, retrieval_ranks
 from sparc_eval.progress import track
-from sparc_eval.tasks.classification import require_finite
-from sparc_eval.tasks.runner import Runner, TaskOutput
+from sparc_eval.tasks.runner import Runner, TaskOutput, require_finite
 
 KS = (1, 5, 10)
 # Side of one block of the similarity matrix: memory for scoring is O(SCORE_CHUNK^2), whatever the split size.

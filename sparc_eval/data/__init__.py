@@ -1,0 +1,1 @@
+"""Dataset readers: one per on-disk format (registered in data.registry), the SynthScenes generator, manifests."""

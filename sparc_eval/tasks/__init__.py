@@ -1,0 +1,1 @@
+"""Task kinds: the task card, the runner registry and one runner module per kind."""
