@@ -118,11 +118,25 @@ class Runner(ABC):
     # families come first in its order (results.collect.PAPER_FAMILIES); anything else is a diagnostic.
     family: ClassVar[str] = "diagnostics"
     has_fit_stage: ClassVar[bool] = False
+    # Optional libraries the runner imports, {import name: sparc-eval extra that installs it}; checked before any
+    # work (evaluation.check_requirements). Readers and loaders declare theirs as a `requires` attribute too.
+    requires: ClassVar[dict[str, str]] = {}
 
     def __init__(self, card: TaskCard, params: Any, ctx: RunContext):
+        self.check(card, params)
         self.card = card
         self.params = params
         self.ctx = ctx
+
+    @classmethod
+    def check(cls, card: TaskCard, params: Any) -> None:
+        """Checks of the card and params that their types cannot say (ranges that depend on each other, a
+        fit_dataset the kind needs), as one-line SparcEvalErrors; run when the card is loaded."""
+
+    @classmethod
+    def requirements(cls, params: Any) -> dict[str, str]:
+        """The optional libraries this run needs ({import name: extra}); `requires` unless params add some."""
+        return dict(cls.requires)
 
     def open(self, spec: DatasetSpec, transform: Callable | None = None, **options: Any) -> Dataset:
         """Open one of the card's datasets with its root placeholders resolved; `options` override the card's reader options."""
