@@ -49,3 +49,7 @@ def read_lvis(
     )
     ds.lvis_api = api
     return ds
+
+
+# The LVIS API is optional ({import name: sparc-eval extra}); a card reading LVIS stops before any work without it.
+read_lvis.requires = {"lvis": "lvis"}  # type: ignore[attr-defined]
