@@ -10,7 +10,7 @@ import sys
 import typer
 
 # Importing a command module attaches its commands to the app, in the order `--help` lists them.
-from sparc_eval.cli import data, evaluate, kprecision, quickstart, results, train, viz  # noqa: F401
+from sparc_eval.cli import data, evaluate, kprecision, plugins, quickstart, results, train, viz  # noqa: F401
 from sparc_eval.cli.app import app, err_console
 from sparc_eval.errors import SparcEvalError
 
