@@ -20,13 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
 from torch import nn
 
 from sparc_eval.builtin import builtin_dir
+from sparc_eval.card_files import CHECKPOINT, find_card_file, is_path_ref, read_card
 from sparc_eval.data.synth import ensure_synthscenes
 from sparc_eval.errors import SparcEvalError
-from sparc_eval.fileio import read_yaml_card, sha256_text
+from sparc_eval.fileio import sha256_text
 from sparc_eval.models.checkpoint import CONFIG_FILE, load_checkpoint
+from sparc_eval.schema import Name, StrictModel, model_from_callable, model_from_dataclass, validate
+from sparc_eval.tasks.card import SynthScenesSchema
 
 # Cards shipped with sparc-eval.
 CARD_DIR = builtin_dir("checkpoints")
@@ -34,17 +38,17 @@ CARD_DIR = builtin_dir("checkpoints")
 CHECKPOINT_ROOT_ENV, DEFAULT_CHECKPOINT_ROOT = "SPARC_EVAL_CHECKPOINTS", Path("runs/checkpoints")
 DATA_DIR_ENV, DEFAULT_DATA_DIR = "SPARC_EVAL_DATA", Path("data")
 
-_CARD_KEYS = {"name", "version", "description", "synthscenes", "train"}
-_REQUIRED_KEYS = {"name", "version", "train"}
-_SYNTH_KEYS = {"seed": 0, "n_train": 4000, "n_val": 500, "image_size": 64}
 # TrainConfig fields that say where and how to run, not what to train: never part of a recipe.
-_RUN_LEVEL_KEYS = {"data", "out", "resume", "device", "save_every"}
+_RUN_LEVEL_KEYS = frozenset({"data", "out", "resume", "device", "save_every"})
 
 
-def _recipe_fields() -> dict[str, dataclasses.Field]:
-    from sparc_eval.train.loop import TrainConfig
-
-    return {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in _RUN_LEVEL_KEYS}
+class CheckpointCardSchema(StrictModel):
+    name: Name
+    version: int = Field(ge=0)
+    description: str = ""
+    synthscenes: SynthScenesSchema = Field(default_factory=SynthScenesSchema)
+    train: dict[str, Any]  # checked against the trainer's recipe fields (TrainConfig), the objective and the arch
+    tags: list[Name] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class CheckpointCard:
     synthscenes: dict[str, int]
     train: dict[str, Any]
     path: Path
+    tags: tuple[str, ...] = ()
 
     @property
     def synth_params(self) -> dict[str, int]:
@@ -69,63 +74,64 @@ class CheckpointCard:
 
     def with_overrides(self, synthscenes: dict[str, int] | None = None, train: dict[str, Any] | None = None) -> CheckpointCard:
         """A variant of the recipe (e.g. quickstart --fast: tiny data, few steps), validated like the card itself."""
-        merged_synth = _synth(self.path, {**self.synthscenes, **(synthscenes or {})})
-        merged_train = _train(self.path, {**self.train, **(train or {})})
-        return dataclasses.replace(self, synthscenes=merged_synth, train=merged_train)
+        where = f"checkpoint card {self.path}"
+        merged_synth = validate(SynthScenesSchema, {**self.synthscenes, **(synthscenes or {})}, where, "synthscenes key")
+        merged_train = {**self.train, **(train or {})}
+        validate_recipe(merged_train, where)
+        return dataclasses.replace(self, synthscenes=merged_synth.model_dump(), train=merged_train)
 
 
 def find_checkpoint_card(ref: str | os.PathLike) -> Path:
-    """A card given by path (ending in .yaml/.yml) or by name (a file in checkpoints/)."""
-    ref = str(ref)
-    if ref.endswith((".yaml", ".yml")):
-        if not Path(ref).is_file():
-            raise SparcEvalError(f"checkpoint card {ref} does not exist")
-        return Path(ref)
-    for suffix in (".yaml", ".yml"):
-        if (CARD_DIR / f"{ref}{suffix}").is_file():
-            return CARD_DIR / f"{ref}{suffix}"
-    known = ", ".join(sorted(p.stem for p in CARD_DIR.glob("*.y*ml"))) or "none"
-    raise SparcEvalError(f"unknown checkpoint card {ref!r}; known cards: {known}")
+    """A card given by path (ending in .yaml/.yml) or by name (the card folders, then checkpoints/)."""
+    return find_card_file(ref, CHECKPOINT)
+
+
+def validate_recipe(train: dict[str, Any], where: str) -> None:
+    """The `train` mapping of a checkpoint card: TrainConfig's recipe fields (types, then the trainer's own range
+    checks), an architecture that exists, an objective that exists with options its constructor takes."""
+    from sparc_eval.models.objectives import OBJECTIVES, build_objective
+    from sparc_eval.models.sparc import resolve_config
+    from sparc_eval.train.loop import TrainConfig
+
+    validate(model_from_dataclass(TrainConfig, exclude=_RUN_LEVEL_KEYS), train, where, "train key")
+    config = TrainConfig(data="", out="", **train)
+    checks = (
+        ("train: ", config.validate),
+        ("train key 'arch': ", lambda: resolve_config(config.arch)),
+        ("train key 'objective': ", lambda: OBJECTIVES.get(config.objective)),
+    )
+    for label, check in checks:
+        try:
+            check()
+        except SparcEvalError as exc:
+            raise SparcEvalError(f"{where}: {label}{exc}") from None
+    objective = OBJECTIVES.get(config.objective)
+    validate(model_from_callable(objective, "objective_options"), config.objective_options, where, "train objective_options key")
+    try:
+        build_objective(config.objective, **config.objective_options)
+    except SparcEvalError as exc:
+        raise SparcEvalError(f"{where}: train key 'objective_options': {exc}") from None
 
 
 def load_checkpoint_card(ref: str | os.PathLike) -> CheckpointCard:
+    """Read and validate a checkpoint card completely (CheckpointCardSchema, then validate_recipe)."""
     path = find_checkpoint_card(ref)
-    raw = read_yaml_card(path, "checkpoint card", _CARD_KEYS, _REQUIRED_KEYS)
-    if not isinstance(raw["version"], int) or isinstance(raw["version"], bool):
-        raise SparcEvalError(f"checkpoint card {path}: 'version' must be an integer, got {raw['version']!r}")
+    _, raw = read_card(path, CHECKPOINT)
+    where = f"checkpoint card {path}"
+    schema = validate(CheckpointCardSchema, raw, where)
+    assert isinstance(schema, CheckpointCardSchema)
+    if not is_path_ref(ref) and schema.name != path.stem:
+        raise SparcEvalError(f"{where}: its name {schema.name!r} differs from its file name; a card found by name carries it")
+    validate_recipe(schema.train, where)
     return CheckpointCard(
-        name=str(raw["name"]),
-        version=raw["version"],
-        description=str(raw.get("description", "")),
-        synthscenes=_synth(path, {**_SYNTH_KEYS, **(raw.get("synthscenes") or {})}),
-        train=_train(path, raw["train"]),
+        name=schema.name,
+        version=schema.version,
+        description=schema.description,
+        synthscenes=schema.synthscenes.model_dump(),
+        train=dict(schema.train),
         path=path,
+        tags=tuple(schema.tags),
     )
-
-
-def _synth(path: Path, raw: Any) -> dict[str, int]:
-    if not isinstance(raw, dict) or set(raw) - set(_SYNTH_KEYS):
-        raise SparcEvalError(f"checkpoint card {path}: 'synthscenes' takes only {', '.join(_SYNTH_KEYS)}")
-    for key, value in raw.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "seed" else 1):
-            raise SparcEvalError(f"checkpoint card {path}: synthscenes {key!r} must be a positive integer, got {value!r}")
-    return dict(raw)
-
-
-def _train(path: Path, raw: Any) -> dict[str, Any]:
-    """The trainer settings, checked against TrainConfig's fields and their default values' types."""
-    if not isinstance(raw, dict):
-        raise SparcEvalError(f"checkpoint card {path}: 'train' must be a mapping of trainer settings")
-    fields = _recipe_fields()
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise SparcEvalError(f"checkpoint card {path}: unknown train key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
-    for key, value in raw.items():
-        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else fields[key].default
-        expected = (int, float) if isinstance(default, float) else type(default)
-        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
-            raise SparcEvalError(f"checkpoint card {path}: train {key!r} has value {value!r}, expected {type(default).__name__}")
-    return dict(raw)
 
 
 def ensure_checkpoint(

@@ -1,6 +1,7 @@
 """Readers of on-disk dataset formats, keyed by the `format` name a task card uses.
 
-A reader is a function `read(root, split, *, transform=None, **its own options) -> Dataset`. A new
+A reader is a function `read(root, split, *, transform=None, <its options as keyword-only parameters>) -> Dataset`;
+its parameters' annotations are the options' types, checked when a card is loaded (check_reader_options). A new
 format is one such function in its own module under `sparc_eval/data/` and one line in `READERS`
 (or, from another package, an entry point in the `sparc_eval.readers` group; sparc_eval.registry).
 `open_dataset` finds it by name. Readers fail loudly (SparcEvalError naming the file) and never skip
@@ -33,10 +34,20 @@ READERS: Registry[Reader] = Registry(
 )
 
 
+def check_reader_options(reader: Reader, options: dict[str, Any], where: str) -> None:
+    """`options` checked against the reader's keyword-only parameters (their annotations are the types, those without a
+    default are required; `transform` is the harness's), as one line `WHERE: ...` naming the option."""
+    from sparc_eval.schema import model_from_callable, validate
+
+    name = f"{getattr(reader, '__name__', 'reader')}_options"
+    validate(model_from_callable(reader, name, skip=frozenset({"transform"}), keyword_only=True), options, where, "reader option")
+
+
 def open_dataset(format: str, root: str | Path, split: str, transform: Callable | None = None, **options: Any) -> Dataset:
     """Open the dataset at `root` in `format`, split `split`; `options` are the format's own keys."""
     reader = READERS.get(format, "dataset format: ")
     root = Path(root)
+    check_reader_options(reader, options, f"{format} dataset {root}")
     if not root.exists():
         raise SparcEvalError(f"dataset root {root} does not exist")
     return reader(root, split, transform=transform, **options)

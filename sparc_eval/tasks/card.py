@@ -24,13 +24,11 @@ from sparc_eval.card_files import TASK, find_card_file, is_path_ref, list_card_f
 from sparc_eval.data.synth import synthscenes_dir
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import sha256_text, write_text_atomic
-from sparc_eval.schema import Name, NonEmpty, Split, StrictModel, build_dataclass, model_from_callable, validate
+from sparc_eval.schema import Name, NonEmpty, Split, StrictModel, build_dataclass, validate
 
 BUILTIN_CARD_DIR = builtin_dir("tasks")
 # Keys left out of the card hash: they describe or group a card, they do not change its numbers.
 UNHASHED_KEYS = ("tags",)
-# Reader parameters a card does not set: the harness passes them (the image transform).
-_READER_RUNTIME_ARGS = frozenset({"transform"})
 
 
 class SynthScenesSchema(StrictModel):
@@ -115,14 +113,6 @@ def list_card_paths() -> list[Path]:
     return list_card_files(TASK)
 
 
-def validate_options(reader: Any, options: dict[str, Any], where: str) -> dict[str, Any]:
-    """A card's reader options checked against the reader's keyword-only parameters (types from its annotations)."""
-    name = f"{getattr(reader, '__name__', 'reader')}_options"
-    model = model_from_callable(reader, name, skip=_READER_RUNTIME_ARGS, keyword_only=True)
-    validate(model, options, where, "reader option")
-    return options
-
-
 def validate_params(params_type: type, raw: dict[str, Any] | None, card: TaskCard | str) -> Any:
     """The runner's Params dataclass built from `raw` (a card's `params`, or a record's), validated strictly;
     `card` (or a description of the source) names the file in the one-line error."""
@@ -131,14 +121,14 @@ def validate_params(params_type: type, raw: dict[str, Any] | None, card: TaskCar
 
 
 def _dataset_spec(schema: DatasetSchema, where: str) -> DatasetSpec:
-    from sparc_eval.data.registry import READERS
+    from sparc_eval.data.registry import READERS, check_reader_options
 
     options = dict(schema.model_extra or {})
     try:
         reader = READERS.get(schema.format, f"{where}: ")
     except SparcEvalError as exc:
         raise SparcEvalError(_naming(str(exc), where)) from None
-    validate_options(reader, options, where)
+    check_reader_options(reader, options, where)
     return DatasetSpec(format=schema.format, root=schema.root, split=schema.split, options=options)
 
 

@@ -248,7 +248,7 @@ class DetectionRunner(Runner):
         }
         for key, ok in checks.items():
             if not ok:
-                limit = f" (at most {_LVIS_MAX_DETS} for protocol 'lvis')" if key == "top_k" else ""
+                limit = f" (at most {_LVIS_MAX_DETS} for protocol 'lvis')" if key == "top_k" and params.protocol == "lvis" else ""
                 raise SparcEvalError(
                     f"task card {card.path}: params key {key!r} has invalid value {getattr(params, key)!r}{limit}"
                 )
