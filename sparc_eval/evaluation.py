@@ -26,6 +26,8 @@ from sparc_eval.results.record import (
     write_record,
 )
 from sparc_eval.tasks.card import load_card, validate_params
+from sparc_eval.tasks.distributed import default_num_workers, world_from_env
+from sparc_eval.tasks.feature_cache import FeatureCache, default_cache_dir, model_id
 from sparc_eval.tasks.runner import RunContext, get_runner, seed_everything
 
 DEFAULT_RESULTS_DIR = Path("results")
@@ -64,15 +66,20 @@ def run_evaluation(
     batch_size: int = 64,
     precision: str = "fp32",
     device: str = "cpu",
-    num_workers: int = 0,
+    num_workers: int | None = None,
     seed: int = 0,
     force: bool = False,
     trust_pickle: bool = False,
+    cache: bool = True,
 ) -> Evaluation:
     """Score checkpoint `ckpt` on task `task` (card name or path).
 
     An existing record for the same (checkpoint sha256, card sha256, limit) is returned as is
     unless `force`. Nothing is written unless the whole evaluation succeeds.
+
+    Under torchrun every process calls this; each scores its slice of the split and rank 0 alone writes the
+    record (sparc_eval.tasks.distributed). `num_workers` None: default_num_workers(). `cache` False bypasses
+    the feature cache (sparc_eval.tasks.feature_cache).
     """
     if precision not in ("fp32", "bf16"):
         raise SparcEvalError(f"unknown precision {precision!r}; use fp32 or bf16")
@@ -84,11 +91,15 @@ def run_evaluation(
     runner_cls = get_runner(card.runner, card.path)
     params = validate_params(runner_cls.Params, card.params, card)
     dev = resolve_device(device)
+    world = world_from_env(dev.type)
+    if world.backend == "nccl" and dev.index is None:
+        dev = torch.device("cuda", world.local_rank)  # one GPU per process
+    num_workers = default_num_workers(world) if num_workers is None else num_workers
 
     model = load_model(ckpt, trust_pickle=trust_pickle)
     described = model.describe()
     path = record_path(Path(out), described["sha256"], card.name, card.sha256, limit)
-    if path.is_file() and not force:
+    if world.all_true(path.is_file() and not force):
         return Evaluation(load_record(path), path, reused=True)
 
     seed_everything(seed)
@@ -104,6 +115,8 @@ def run_evaluation(
         work_dir=path.parent,
         record_stem=path.name[: -len(RECORD_SUFFIX)],
         cache_dir=Path(out) / "cache" / f"{described['sha256'][:16]}-{card.sha256[:12]}",
+        world=world,
+        features=FeatureCache(default_cache_dir(Path(out)), model_id(described), precision, dev.type) if cache else None,
     )
     runner = runner_cls(card, params, ctx)
 
@@ -154,6 +167,11 @@ def run_evaluation(
         git_revision=git_revision(),
         info=output.info,
         artifacts=output.artifacts,
+        world_size=world.size,
     )
-    write_record(path, record, output.samples)
+    # Rank 0 writes only once every rank has got here: a rank that failed has left, so this collective fails too.
+    world.barrier()
+    if world.is_main:
+        write_record(path, record, output.samples)
+    world.barrier()  # no rank returns before the record exists
     return Evaluation(record, path, reused=False)

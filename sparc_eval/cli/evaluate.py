@@ -66,15 +66,27 @@ def run(
     batch_size: int = typer.Option(64, "--batch-size", help="Batch size."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16 (autocast)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
-    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
+    num_workers: int | None = typer.Option(
+        None,
+        "--num-workers",
+        help="DataLoader worker processes per rank (default: half the CPUs per rank, at most 8; env SPARC_EVAL_NUM_WORKERS).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for everything random in the run."),
     force: bool = typer.Option(False, "--force", help="Recompute even if a record exists."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow checkpoint files that need code to unpickle."),
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        help="Recompute image and text embeddings instead of reusing the feature cache (env SPARC_EVAL_CACHE: its folder).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the records as JSON on stdout."),
 ) -> None:
     """Score a checkpoint on one or more task cards; writes one result record per task.
 
     Example: sparc-eval run --task synth-cls --task synth-retrieval --ckpt runs/quick/tiny-sparc
+
+    Under torchrun every process scores its slice of each split and rank 0 writes the records
+    (docs/scale.md), e.g. torchrun --nproc-per-node 4 -m sparc_eval run --task coco-retrieval --ckpt CKPT --device cuda
     """
     import json
 
@@ -82,6 +94,7 @@ def run(
 
     from sparc_eval.evaluation import run_evaluation
     from sparc_eval.results.record import direction_arrow
+    from sparc_eval.tasks.distributed import current_world
 
     evaluations = [
         run_evaluation(
@@ -97,9 +110,12 @@ def run(
             seed=seed,
             force=force,
             trust_pickle=trust_pickle,
+            cache=not no_cache,
         )
         for name in task
     ]
+    if not current_world().is_main:  # under torchrun rank 0 alone reports
+        return
     if json_out:
         print(json.dumps([e.record.to_json() for e in evaluations], indent=2))
         return

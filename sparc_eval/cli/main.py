@@ -15,13 +15,26 @@ from sparc_eval.cli.app import app, err_console
 from sparc_eval.errors import SparcEvalError
 
 
+def _rank_prefix() -> str | None:
+    """ "" outside torchrun; under it "rank R of N: " for the first rank to fail, None for the others (they stay quiet,
+    so a failure on one rank is one line, whichever ranks it stops)."""
+    distributed = sys.modules.get("sparc_eval.tasks.distributed")  # imported by every run that joined a process group
+    if distributed is None or not distributed.current_world().distributed:
+        return ""
+    world = distributed.current_world()
+    return f"rank {world.rank} of {world.size}: " if distributed.claim_error_report() else None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning SparcEvalError into one line and exit code 2."""
     try:
         # Without standalone mode click returns a typer.Exit's code instead of exiting.
         code = app(args=argv, standalone_mode=False)
     except SparcEvalError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        where = _rank_prefix()
+        if where is None:  # under torchrun: another rank failed first and reports
+            sys.exit(2)
+        err_console.print(f"[bold red]error:[/] {where}{exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -34,5 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
+        if _rank_prefix() is None:
+            sys.exit(2)
         raise
     sys.exit(code if isinstance(code, int) else 0)

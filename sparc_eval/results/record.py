@@ -46,6 +46,7 @@ class ResultRecord:
     git_revision: str | None
     info: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+    world_size: int = 1  # processes that scored the split together (torchrun); 1 for a single process
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:

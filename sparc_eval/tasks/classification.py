@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from sparc_eval.metrics.classification import accuracy, hits_at_k, label_ranks, mean_per_class_recall
-from sparc_eval.progress import track
 from sparc_eval.tasks.prompts import (
     best_synonym_scores,
     class_text_embeddings,
@@ -45,10 +44,10 @@ class ClassificationRunner(Runner):
     def evaluate(self, model: torch.nn.Module) -> TaskOutput:
         spec = self.card.dataset
         builtin = {"classnames": str(classname_file(self.params.classnames))} if self.params.classnames else {}
-        dataset = self.open(spec, transform=model.preprocess, **builtin)
+        base = self.open(spec, transform=model.preprocess, **builtin)
         root = resolve_root(self.card, spec, self.ctx.data_dir)
         templates = resolve_templates(self.params.templates, root)
-        classnames = [split_synonyms(name, f"dataset {root}") for name in dataset.classnames]
+        classnames = [split_synonyms(name, f"dataset {root}") for name in base.classnames]
         names, owners = flatten_synonyms(classnames)
         text = class_text_embeddings(model, names, templates, self.ctx)
         require_finite(text, "class text", model)
@@ -56,19 +55,20 @@ class ClassificationRunner(Runner):
         num_classes = len(classnames)
         k = min(TOP_K, num_classes)
         samples: list[dict[str, Any]] = []
-        loader = self.ctx.loader(self.ctx.limited(dataset))
-        for batch in track(loader, f"{self.card.name}: classifying"):
-            with self.ctx.autocast():
-                image = model.encode_image(batch["image"].to(self.ctx.device))
-            image = F.normalize(image.float(), dim=-1)
-            require_finite(image, "image", model)
-            scores = best_synonym_scores(image @ text.T, owners, num_classes).cpu()
-            labels = batch["label"].long()
+        dataset = self.ctx.limited(base)
+        images = F.normalize(self.ctx.image_features(model, dataset, model.encode_image, "image", model.preprocess), dim=-1)
+        require_finite(images, "image", model)
+        rows = self.ctx.world.shard(len(images))  # this rank scores its slice; the records are gathered in order
+        for start in range(rows.start, rows.stop, self.ctx.batch_size):
+            index = range(start, min(start + self.ctx.batch_size, rows.stop))
+            scores = best_synonym_scores(self.ctx.to_device(images[index.start : index.stop]) @ text.T, owners, num_classes).cpu()
+            labels = torch.tensor([base.targets[i] for i in index], dtype=torch.long)
             ranks = label_ranks(scores, labels).tolist()
             top1, top5 = hits_at_k(ranks, 1), hits_at_k(ranks, TOP_K)
             # Ties in the listed predictions go to the lower class index; `rank` counts them against the model.
             top = scores.sort(dim=1, descending=True, stable=True).indices[:, :k].tolist()
-            for i, (path, label, rank, pred) in enumerate(zip(batch["path"], labels.tolist(), ranks, top)):
+            paths = [str(base.paths[i]) for i in index]
+            for i, (path, label, rank, pred) in enumerate(zip(paths, labels.tolist(), ranks, top)):
                 samples.append(
                     {
                         "id": _relative(path, root),
@@ -81,6 +81,7 @@ class ClassificationRunner(Runner):
                         "top5": top5[i] if num_classes >= TOP_K else None,
                     }
                 )
+        samples = self.ctx.gather(samples)
         info = {
             "classnames": self.params.classnames or "dataset class-name file",
             "n_classes": num_classes,

@@ -125,21 +125,27 @@ def best_synonym_scores(scores: torch.Tensor, owners: torch.Tensor, num_classes:
 def class_text_embeddings(model, classnames: Sequence[str], templates: Sequence[str], ctx: RunContext) -> torch.Tensor:
     """Prompt-ensemble text embeddings [C, D] (float32, on ctx.device) of `classnames` under `templates`.
 
-    Prompts are encoded in batches of ctx.batch_size; the result is kept for the rest of the run
-    (ctx.memo), so runners and heads that ask for the same names and templates encode them once.
+    Prompts are encoded in batches of ctx.batch_size, split among the ranks under torchrun and kept in the
+    feature cache (per checkpoint, prompts and precision: ImageNet's 80,000 prompts are encoded once); the
+    result is also kept for the rest of the run (ctx.memo), so runners and heads that ask for the same names
+    and templates encode them once. With gradients on (a fit that trains the text tower) every call encodes
+    afresh on this rank, through the cache-free path.
     """
     key = ("class_text_embeddings", id(model), tuple(classnames), tuple(templates))
     if key in ctx.memo:
         return ctx.memo[key]
     prompts = [template.replace(PLACEHOLDER, name) for name in classnames for template in templates]
-    batches = [prompts[i : i + ctx.batch_size] for i in range(0, len(prompts), ctx.batch_size)]
-    chunks = []
-    for batch in track(batches, "encoding class prompts"):
-        tokens = model.tokenize(batch).to(ctx.device)
-        with ctx.autocast():
-            emb = model.encode_text(tokens)
-        chunks.append(F.normalize(emb.float(), dim=-1))
-    per_prompt = torch.cat(chunks).view(len(classnames), len(templates), -1)
-    embeddings = F.normalize(per_prompt.mean(dim=1), dim=-1)
+    if torch.is_grad_enabled():
+        batches = [prompts[i : i + ctx.batch_size] for i in range(0, len(prompts), ctx.batch_size)]
+        chunks = []
+        for batch in track(batches, "encoding class prompts"):
+            tokens = model.tokenize(batch).to(ctx.device)
+            with ctx.autocast():
+                emb = model.encode_text(tokens)
+            chunks.append(F.normalize(emb.float(), dim=-1))
+        per_prompt = torch.cat(chunks)
+    else:
+        per_prompt = F.normalize(ctx.text_features(model, prompts, model.encode_text, "text"), dim=-1).to(ctx.device)
+    embeddings = F.normalize(per_prompt.view(len(classnames), len(templates), -1).mean(dim=1), dim=-1)
     ctx.memo[key] = embeddings
     return embeddings

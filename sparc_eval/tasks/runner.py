@@ -8,6 +8,8 @@ A runner turns (card, model) into metrics plus per-sample records. Runners with 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -22,8 +24,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from sparc_eval.data.registry import open_dataset
 from sparc_eval.data.synth import ensure_synthscenes
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.progress import track
 from sparc_eval.registry import Registry
 from sparc_eval.tasks.card import DatasetSpec, TaskCard
+from sparc_eval.tasks.distributed import SINGLE, FitBatches, World
+from sparc_eval.tasks.feature_cache import FeatureCache, file_list_digest, transform_id
 
 # The built-in task kinds, by the name a card's `runner:` gives; another package adds its own through the
 # `sparc_eval.runners` entry-point group (sparc_eval.registry). A new kind is one module and one line here.
@@ -36,6 +41,7 @@ RUNNERS: Registry[type[Runner]] = Registry(
         "detection": "sparc_eval.tasks.detection:DetectionRunner",
         "captioning": "sparc_eval.tasks.captioning:CaptioningRunner",
         "grounding": "sparc_eval.tasks.grounding:GroundingRunner",
+        "hard_negatives": "sparc_eval.tasks.hard_negatives:HardNegativesRunner",
     },
 )
 
@@ -61,6 +67,10 @@ class RunContext:
     cache_dir: Path  # fitted state for (checkpoint, card); persists across runs
     # In-memory values computed once per run and shared by its parts (e.g. class text embeddings).
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+    # This process's rank among the processes torchrun started (sparc_eval.tasks.distributed); SINGLE outside torchrun.
+    world: World = SINGLE
+    # Image / text embeddings reused across tasks and runs (sparc_eval.tasks.feature_cache); None: --no-cache.
+    features: FeatureCache | None = None
 
     def artifact(self, name: str) -> Path:
         """Path of an extra file that belongs to this run's record, e.g. artifact("detections.json")."""
@@ -79,6 +89,7 @@ class RunContext:
         return Subset(dataset, range(self.limit))
 
     def loader(self, dataset: Dataset, collate_fn: Callable | None = None, shuffle: bool = False) -> DataLoader:
+        """Batches of ctx.batch_size, decoded in ctx.num_workers worker processes, pinned for a CUDA device."""
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             dataset,
@@ -88,7 +99,110 @@ class RunContext:
             collate_fn=collate_fn,
             generator=generator,
             persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
         )
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on ctx.device; from pinned memory the copy overlaps the next batch's work."""
+        return tensor.to(self.device, non_blocking=True)
+
+    # -------------------------------------------------------------- distributed evaluation (tasks.distributed)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes records, artifacts and caches."""
+        return self.world.is_main
+
+    def shard(self, dataset: Dataset) -> Dataset:
+        """This rank's contiguous slice of the (limited) evaluation split; ranks' slices cover it once, in order."""
+        dataset = self.limited(dataset)
+        rows = self.world.shard(len(dataset))  # type: ignore[arg-type]
+        return dataset if len(rows) == len(dataset) else Subset(dataset, rows)  # type: ignore[arg-type]
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """Every rank's `items` in rank order, i.e. in the split's order (per-sample records, predictions)."""
+        return self.world.gather(items)
+
+    def all_reduce_counts(self, counts: Any) -> Any:
+        """Exact sum over ranks of a count array (integer or float64, numpy or tensor)."""
+        return self.world.sum(counts)
+
+    def fit_batches(
+        self, dataset: Dataset, batch_size: int, collate_fn: Callable | None = None
+    ) -> tuple[DataLoader, list[float]]:
+        """Shuffled batches for a fitting stage (the same global batches on any number of ranks, this rank's slice
+        of each) and the weight of each step's slice (0.0 for a placeholder on a rank with nothing in that step)."""
+        batches = FitBatches(len(dataset), batch_size, self.seed, self.world)  # type: ignore[arg-type]
+        loader = batches.loader(dataset, collate_fn, self.num_workers, self.seed, pin_memory=self.device.type == "cuda")
+        return loader, batches.weights()
+
+    # -------------------------------------------------------------- encoding, through the feature cache
+
+    def image_features(
+        self,
+        model: torch.nn.Module,
+        dataset: Dataset,
+        encode: Callable[[torch.Tensor], torch.Tensor],
+        kind: str,
+        transform: Any,
+        collate_fn: Callable | None = None,
+    ) -> torch.Tensor:
+        """`encode(images)` of every item of `dataset` in order, float32 on the CPU, stacked [N, ...].
+
+        Each rank encodes its slice and the slices are gathered, so every rank holds the whole tensor. With the
+        feature cache on and a dataset that lists its image files (`paths`), the tensor is read from the cache
+        when an entry with the same key exists (model, files, `transform`, `kind`, precision, device, weight
+        dtype) and stored there otherwise. `kind` names what `encode` computes (e.g. "image", "dense-local");
+        `transform` is the image transform the dataset applies. Batches come from `collate_fn` as {"image": ...}.
+        """
+        paths = _image_paths(dataset)
+        entry = None
+        if self.features is not None and paths is not None:
+            files = file_list_digest(paths)
+            if files is not None:
+                entry = self.features.entry(
+                    kind, files=files, n=len(paths), transform=transform_id(transform), weights=_weight_dtype(model)
+                )
+        return self._cached(entry, lambda: self._encode_images(dataset, encode, collate_fn, kind))
+
+    def text_features(
+        self, model: torch.nn.Module, texts: list[str], encode: Callable[[torch.Tensor], torch.Tensor], kind: str
+    ) -> torch.Tensor:
+        """`encode(model.tokenize(batch))` of every text in order, float32 on the CPU [N, ...]: sharded over ranks
+        and cached like image_features, keyed by the texts themselves."""
+        entry = None
+        if self.features is not None:
+            digest = hashlib.sha256(json.dumps(texts).encode("utf-8")).hexdigest()
+            entry = self.features.entry(kind, texts=digest, n=len(texts), weights=_weight_dtype(model))
+
+        def compute() -> torch.Tensor:
+            rows = list(self.world.shard(len(texts)))
+            chunks = []
+            batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+            for batch in track(batches, f"encoding {kind}"):
+                tokens = self.to_device(model.tokenize([texts[i] for i in batch]))
+                with self.autocast():
+                    chunks.append(encode(tokens).float().cpu())
+            return _concat(self.gather([torch.cat(chunks)] if chunks else []))
+
+        return self._cached(entry, compute)
+
+    def _encode_images(self, dataset: Dataset, encode: Callable, collate_fn: Callable | None, kind: str) -> torch.Tensor:
+        chunks = []
+        for batch in track(self.loader(self.shard(dataset), collate_fn=collate_fn), f"encoding {kind}"):
+            with self.autocast():
+                chunks.append(encode(self.to_device(batch["image"])).float().cpu())
+        return _concat(self.gather([torch.cat(chunks)] if chunks else []))
+
+    def _cached(self, entry: Any, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """compute(), or the cache entry's tensor when every rank could read it; rank 0 stores what was computed."""
+        found = self.features.load(entry) if entry is not None else None
+        if self.world.all_true(found is not None):
+            return found["features"]  # type: ignore[index]
+        features = compute()
+        if entry is not None and self.is_main:
+            self.features.store(entry, {"features": features})  # type: ignore[union-attr]
+        return features
 
 
 @dataclass
@@ -181,3 +295,26 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _image_paths(dataset: Dataset) -> list[Any] | None:
+    """The image file of each item of `dataset` (through Subsets), or None for a dataset that does not list its files."""
+    indices: Any = range(len(dataset))  # type: ignore[arg-type]
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    paths = getattr(dataset, "paths", None)
+    if not isinstance(paths, (list, tuple)):
+        return None
+    return [paths[i] for i in indices]
+
+
+def _weight_dtype(model: torch.nn.Module) -> str:
+    return str(next(model.parameters()).dtype)
+
+
+def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Gathered per-rank tensors as one (ranks with an empty slice send none)."""
+    if not parts:
+        raise SparcEvalError("the evaluation split holds no items to encode")
+    return torch.cat(parts)
