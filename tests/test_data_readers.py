@@ -51,6 +51,7 @@ def build_real(root: Path) -> Path:
     coco = root / "coco"
     _jpg(coco / "val2017/000000000139.jpg", 40, 30, 1)
     _jpg(coco / "val2017/000000000285.jpg", 32, 48, 2)
+    _jpg(coco / "train2017/000000000285.jpg", 32, 48, 2)  # LVIS v1 val names it under train2017 (its coco_url)
     images = [
         {
             "license": 2,
@@ -342,12 +343,14 @@ def test_karpathy_flickr_without_filepath(real):
 
 
 def test_lvis_real_layout(real):
-    ds = open_dataset("lvis", real / "coco/val2017", "val", annotation=str(real / "lvis/lvis_v1_{split}.json"), masks=True)
+    ds = open_dataset("lvis", real / "coco", "val", annotation="../lvis/lvis_v1_{split}.json", masks=True)
     assert [c["frequency"] for c in ds.categories] == ["f", "c", "r"]
     item = ds[0]
     assert item["neg_category_ids"] == [3] and item["not_exhaustive_category_ids"] == [2]
     assert item["iscrowd"].tolist() == [0] and item["boxes"].tolist() == [[2, 3, 10, 8]] and item["masks"].shape == (1, 30, 40)
-    assert ds[1]["path"].endswith("000000000285.jpg") and ds[1]["category_ids"].tolist() == [2]  # name from coco_url, any folder
+    # each image lies where its coco_url says, in COCO's own train2017/ or val2017/ folder
+    assert ds[0]["path"] == str(real / "coco/val2017/000000000139.jpg")
+    assert ds[1]["path"] == str(real / "coco/train2017/000000000285.jpg") and ds[1]["category_ids"].tolist() == [2]
     assert ds.lvis_api.get_img_ids() == [139, 285]
 
 

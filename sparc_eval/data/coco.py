@@ -26,6 +26,7 @@ from sparc_eval.data.common import (
     require_nonempty,
     resolve,
 )
+from sparc_eval.data.layout import Need, file_need, folder_needs, readable
 from sparc_eval.errors import SparcEvalError
 
 
@@ -36,6 +37,20 @@ def _load(root: Path, split: str, annotation_option: str, fmt: str, keys: tuple[
         raise SparcEvalError(f"annotation file {annotation} is not COCO {fmt[5:]} JSON (needs lists {', '.join(keys)})")
     require_nonempty(data["images"], split, annotation)
     return annotation, data
+
+
+def coco_image_paths(root: Path, data: dict) -> list[Path]:
+    """The image file of each entry of the JSON's `images`: its `file_name` under the images folder `root`."""
+    return [root / img["file_name"] for img in data["images"]]
+
+
+def layout_coco(root: Path, split: str, *, annotation: str, **_: object) -> list[Need]:
+    """What "coco-captions" / "coco-instances" read (sparc_eval.data.layout): the JSON and the images it lists."""
+    path = resolve(root, annotation, split)
+    data = load_json(path) if readable(path) else None
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        return [file_need(path, "annotation file"), *folder_needs(coco_image_paths(root, data))]
+    return [file_need(path, "annotation file"), Need(root, "image folder", folder=True)]
 
 
 def _check_refs(annotation: Path, data: dict, categories: bool) -> None:
@@ -57,7 +72,7 @@ def read_coco_captions(root: Path, split: str, *, transform: Callable | None = N
     annotation, data = _load(root, split, annotation, "coco-captions", ("images", "annotations"))
     _check_refs(annotation, data, categories=False)
     by_image = group_by(data["annotations"], "image_id")
-    paths = [root / img["file_name"] for img in data["images"]]
+    paths = coco_image_paths(root, data)
     require_images(paths, annotation)
     captions = [[a["caption"].strip() for a in by_image.get(img["id"], [])] for img in data["images"]]
     return CaptionDataset(paths, [img["id"] for img in data["images"]], captions, annotation, transform)
@@ -69,10 +84,9 @@ class InstancesDataset(ImageDataset):
 
     def __init__(
         self,
-        root: Path,
+        paths: list[Path],
         annotation: Path,
         data: dict,
-        file_names: list[str],
         ann_to_mask: Callable,
         *,
         transform=None,
@@ -80,7 +94,6 @@ class InstancesDataset(ImageDataset):
         extra_keys=(),
     ):
         _check_refs(annotation, data, categories=True)
-        paths = [root / name for name in file_names]
         require_images(paths, annotation)
         super().__init__(paths, transform)
         self.annotation = annotation
@@ -133,13 +146,16 @@ def read_coco_instances(
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     ds = InstancesDataset(
-        root,
+        coco_image_paths(root, data),
         annotation,
         data,
-        [img["file_name"] for img in data["images"]],
         coco.annToMask,
         transform=transform,
         masks=bool(masks),
     )
     ds.coco = coco
     return ds
+
+
+read_coco_captions.layout = layout_coco  # type: ignore[attr-defined]
+read_coco_instances.layout = layout_coco  # type: ignore[attr-defined]

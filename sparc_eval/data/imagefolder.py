@@ -19,6 +19,7 @@ from sparc_eval.data.common import (
     require_nonempty,
     resolve,
 )
+from sparc_eval.data.layout import Need, file_need
 from sparc_eval.errors import SparcEvalError
 
 
@@ -47,6 +48,14 @@ def read_classnames(path: Path) -> tuple[list[str], list[str]]:
     return folders, names
 
 
+def layout_imagefolder(root: Path, split: str, *, classnames: str | None = None) -> list[Need]:
+    """What "imagefolder" reads (sparc_eval.data.layout): the class-name file and the split's class folders."""
+    return [
+        file_need(resolve(root, classnames or "classnames.txt"), "class-name file"),
+        Need(root / split, "split folder", folder=True),
+    ]
+
+
 def read_imagefolder(
     root: Path, split: str, *, transform: Callable | None = None, classnames: str | None = None
 ) -> ImageFolderDataset:
@@ -72,3 +81,6 @@ def read_imagefolder(
             targets.append(label_of[sub.name])
     require_nonempty(paths, split, split_dir)
     return ImageFolderDataset(paths, targets, names, transform)
+
+
+read_imagefolder.layout = layout_imagefolder  # type: ignore[attr-defined]

@@ -17,7 +17,31 @@ from sparc_eval.data.common import (
     require_nonempty,
     resolve,
 )
+from sparc_eval.data.layout import Need, file_need, folder_needs, readable
 from sparc_eval.errors import SparcEvalError
+
+
+def karpathy_entries(root: Path, data: dict, split: str, images_dir: Path) -> list[tuple[Path, dict]]:
+    """(image path, entry) of each image of `split` ("train" includes "restval"): `filepath` joined under root,
+    or `images_dir` for entries without one."""
+    wanted = {"train", "restval"} if split == "train" else {split}
+    return [
+        ((root / entry["filepath"] if entry.get("filepath") else images_dir) / entry["filename"], entry)
+        for entry in data["images"]
+        if entry.get("split") in wanted
+    ]
+
+
+def layout_karpathy(root: Path, split: str, *, annotation: str, images_dir: str = ".") -> list[Need]:
+    """What "karpathy" reads (sparc_eval.data.layout): the split file and the images of `split` it lists."""
+    path = resolve(root, annotation, split)
+    data = load_json(path) if readable(path) else None
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        return [
+            file_need(path, "annotation file"),
+            *folder_needs(p for p, _ in karpathy_entries(root, data, split, resolve(root, images_dir))),
+        ]
+    return [file_need(path, "annotation file"), Need(root, "image root", folder=True)]
 
 
 def read_karpathy(
@@ -29,15 +53,14 @@ def read_karpathy(
     data = load_json(annotation)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise SparcEvalError(f"annotation file {annotation} is not a Karpathy split file (no 'images' list)")
-    wanted = {"train", "restval"} if split == "train" else {split}
     paths, ids, captions = [], [], []
-    for entry in data["images"]:
-        if entry.get("split") not in wanted:
-            continue
-        folder = root / entry["filepath"] if entry.get("filepath") else images_dir
-        paths.append(folder / entry["filename"])
+    for path, entry in karpathy_entries(root, data, split, images_dir):
+        paths.append(path)
         ids.append(int(entry.get("cocoid", entry.get("imgid"))))
         captions.append([s["raw"].strip() for s in entry.get("sentences", [])])
     require_nonempty(paths, split, annotation)
     require_images(paths, annotation)
     return CaptionDataset(paths, ids, captions, annotation, transform)
+
+
+read_karpathy.layout = layout_karpathy  # type: ignore[attr-defined]

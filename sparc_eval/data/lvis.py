@@ -1,20 +1,59 @@
 """LVIS v1 JSON ("lvis"): COCO-like instances whose images carry `coco_url` and federated labels.
 
-The image file name is the last part of `coco_url` (SynthScenes' instances files have `file_name`
-instead, used when `coco_url` is absent); all images lie in `root`. Items are those of "coco-instances"
-plus the image's `neg_category_ids` (verified absent) and `not_exhaustive_category_ids`, which LVIS's
-federated evaluation needs. `lvis_api` is the `lvis.LVIS` object; categories keep "frequency" (r/c/f).
+LVIS v1 images are the COCO 2017 images, left in their two COCO folders: `root` is the COCO folder
+(DATA/coco) and each image is found through its `coco_url`, whose last two parts name the folder and the
+file (".../train2017/000000391895.jpg" -> root/train2017/000000391895.jpg; LVIS v1 val draws from both
+train2017 and val2017). No copy or link farm is needed. An image without `coco_url` (SynthScenes' instances
+files) is its `file_name` under `root`. Items are those of "coco-instances" plus the image's
+`neg_category_ids` (verified absent) and `not_exhaustive_category_ids`, which LVIS's federated evaluation
+needs. `lvis_api` is the `lvis.LVIS` object; categories keep "frequency" (r/c/f).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 from sparc_eval.data.coco import InstancesDataset
-from sparc_eval.data.common import require_file, require_nonempty, resolve
+from sparc_eval.data.common import load_json, require_file, require_nonempty, resolve
+from sparc_eval.data.layout import Need, file_need, folder_needs, readable
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.fileio import inside
+
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder or file name from a coco_url: never '..' or a path
+
+
+def lvis_image_paths(root: Path, annotation: Path, images: list[dict]) -> list[Path]:
+    """The file of each image: root/<folder>/<file> from its coco_url, else its file_name under root."""
+    paths = []
+    for img in images:
+        url = img.get("coco_url") if isinstance(img, dict) else None
+        if url:
+            parts = [p for p in urlparse(str(url)).path.split("/") if p]
+            if len(parts) < 2 or not all(_PART.match(p) and ".." not in p for p in parts[-2:]):
+                raise SparcEvalError(
+                    f"image {img.get('id')} in {annotation} has coco_url {url!r}, which does not end in <folder>/<file>"
+                )
+            paths.append(root / parts[-2] / parts[-1])
+        elif isinstance(img, dict) and img.get("file_name"):
+            paths.append(inside(root, img["file_name"], f"file_name of image {img.get('id')} in {annotation}"))
+        else:
+            raise SparcEvalError(
+                f"image {img.get('id') if isinstance(img, dict) else img!r} in {annotation} has neither coco_url nor file_name"
+            )
+    return paths
+
+
+def layout_lvis(root: Path, split: str, *, annotation: str, **_: object) -> list[Need]:
+    """What "lvis" reads (sparc_eval.data.layout): the JSON and the COCO images it names, folder by folder."""
+    path = resolve(root, annotation, split)
+    data = load_json(path) if readable(path) else None
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        return [file_need(path, "annotation file"), *folder_needs(lvis_image_paths(root, path, data["images"]))]
+    return [file_need(path, "annotation file"), Need(root, "COCO image root", folder=True)]
 
 
 def read_lvis(
@@ -31,17 +70,10 @@ def read_lvis(
         raise SparcEvalError(f"annotation file {annotation} is not LVIS JSON ({type(exc).__name__}: {exc})") from None
     data = api.dataset
     require_nonempty(data["images"], split, annotation)
-    names = []
-    for img in data["images"]:
-        url = img.get("coco_url") or img.get("file_name")
-        if not url:
-            raise SparcEvalError(f"image {img.get('id')} in {annotation} has neither coco_url nor file_name")
-        names.append(url.rstrip("/").rsplit("/", 1)[-1])
     ds = InstancesDataset(
-        root,
+        lvis_image_paths(root, annotation, data["images"]),
         annotation,
         data,
-        names,
         api.ann_to_mask,
         transform=transform,
         masks=bool(masks),
@@ -53,3 +85,4 @@ def read_lvis(
 
 # The LVIS API is optional ({import name: sparc-eval extra}); a card reading LVIS stops before any work without it.
 read_lvis.requires = {"lvis": "lvis"}  # type: ignore[attr-defined]
+read_lvis.layout = layout_lvis  # type: ignore[attr-defined]

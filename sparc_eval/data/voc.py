@@ -26,6 +26,7 @@ from sparc_eval.data.common import (
     require_nonempty,
     resolve,
 )
+from sparc_eval.data.layout import Need, file_need, folder_needs, readable
 from sparc_eval.errors import SparcEvalError
 
 IGNORE = 255
@@ -160,6 +161,30 @@ class SegmentationDataset(ImageDataset):
         return {"image": image, "label": label, "image_id": self.image_ids[index], "path": str(self.paths[index])}
 
 
+def voc_files(root: Path, split: str, layout: str) -> tuple[Path, Path]:
+    """(split file, label folder) of `layout` under VOCdevkit/<name> `root`."""
+    if layout not in _LAYOUTS:
+        raise SparcEvalError(f"unknown voc layout {layout!r}; known: {', '.join(_LAYOUTS)}")
+    label_dir, sets_dir, _, _ = _LAYOUTS[layout]
+    return root / sets_dir / f"{split}.txt", root / label_dir
+
+
+def voc_item_paths(root: Path, label_dir: Path, ids: list[str]) -> tuple[list[Path], list[Path]]:
+    """The image and the label PNG of each id."""
+    return [root / "JPEGImages" / f"{i}.jpg" for i in ids], [label_dir / f"{i}.png" for i in ids]
+
+
+def layout_voc(root: Path, split: str, *, layout: str = "voc", classnames: str | None = None) -> list[Need]:
+    """What "voc" reads (sparc_eval.data.layout): the split file, and the image and label of every id it lists."""
+    split_file, label_dir = voc_files(root, split, layout)
+    needs = [file_need(resolve(root, classnames), "class-name file")] if classnames else []
+    needs.append(file_need(split_file, "split file"))
+    if not readable(split_file):
+        return [*needs, Need(root / "JPEGImages", "image folder", folder=True), Need(label_dir, "label folder", folder=True)]
+    images, labels = voc_item_paths(root, label_dir, [line.split()[0] for line in read_lines(split_file, "split file")])
+    return [*needs, *folder_needs(images), *folder_needs(labels, "label folder")]
+
+
 def read_voc(
     root: Path,
     split: str,
@@ -169,17 +194,17 @@ def read_voc(
     classnames: str | None = None,
 ) -> SegmentationDataset:
     """Options: `layout` ("voc" | "context"), `classnames` (file, one per line, index order; else built in)."""
-    if layout not in _LAYOUTS:
-        raise SparcEvalError(f"unknown voc layout {layout!r}; known: {', '.join(_LAYOUTS)}")
-    label_dir, sets_dir, names, reduce = _LAYOUTS[layout]
+    split_file, label_dir = voc_files(root, split, layout)
+    _, _, names, reduce = _LAYOUTS[layout]
     if classnames:
         names = read_lines(resolve(root, classnames), "class-name file")
     require_dir(root / "JPEGImages", "image folder")
-    split_file = root / sets_dir / f"{split}.txt"
     ids = [line.split()[0] for line in read_lines(split_file, "split file")]
     require_nonempty(ids, split, split_file)
-    paths = [root / "JPEGImages" / f"{i}.jpg" for i in ids]
-    labels = [root / label_dir / f"{i}.png" for i in ids]
+    paths, labels = voc_item_paths(root, label_dir, ids)
     require_images(paths, split_file)
     require_images(labels, split_file)
     return SegmentationDataset(paths, labels, ids, names, reduce, transform)
+
+
+read_voc.layout = layout_voc  # type: ignore[attr-defined]
