@@ -33,3 +33,41 @@ def git_revision() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else platform.processor()), "unknown" when neither says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def numerics() -> dict[str, object]:
+    """What decides the low bits of a CPU run besides the seed (README, "What a seed reproduces"): the CPU, the
+    kernels ATen and MKL pick for it, the intra-op thread count and whether deterministic algorithms are on."""
+    import os
+    import re
+
+    import torch
+
+    build = torch.__config__.show()
+    mkl = re.search(r"Math Kernel Library Version ([\w.\-]+)", build)
+    onednn = re.search(r"MKL-DNN v([\d.]+)", build)
+    return {
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "intra_op_threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "torch": torch.__version__,
+        "mkl": mkl.group(1) if mkl else None,
+        "onednn": onednn.group(1) if onednn else None,
+        "env": {k: os.environ[k] for k in _NUMERICS_ENV if k in os.environ},
+    }
+
+
+# Environment variables that change which kernels run or how many threads split a reduction.
+_NUMERICS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "MKL_DYNAMIC", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
