@@ -6,6 +6,9 @@ References are `SOURCE:SPEC`, or a bare path for a sparc-eval checkpoint folder:
     openclip:ARCH               an open_clip architecture, randomly initialised (seeded: the same every time)
     openclip:ARCH@/path/FILE    open_clip weights from a local file (safetensors, or a torch file of tensors)
     openclip:ARCH@TAG           a named open_clip pretrained tag (downloads; offline it is a clear error)
+    openclip:local-dir:PATH     an open_clip folder (open_clip_config.json + weights), open_clip's own form
+    openclip:hf-hub:ORG/NAME    an open_clip Hub repository (downloads; offline it is a clear error)
+    hf:PATH | hf:ORG/NAME[@REV] a transformers CLIPModel / SiglipModel folder (save_pretrained), or a Hub name
 
 A model source is a function `load(spec, *, trust_pickle) -> model` registered in `LOADERS` under its
 SOURCE name (from another package: an entry point in the `sparc_eval.loaders` group). Pickled weights
@@ -35,6 +38,7 @@ LOADERS: Registry[Loader] = Registry(
     {
         "folder": "sparc_eval.models.loaders:load_checkpoint_folder",
         "openclip": "sparc_eval.models.loaders:load_openclip",
+        "hf": "sparc_eval.models.hf_model:load_hf",
         "card": "sparc_eval.checkpoint_cards:load_card_model",
     },
 )
@@ -108,6 +112,10 @@ def load_openclip(spec: str, *, trust_pickle: bool) -> nn.Module:
 
     from sparc_eval.models.openclip_model import OpenClipModel, check_supported
 
+    if spec.startswith(("local-dir:", "hf-hub:")):  # open_clip's own folder forms
+        from sparc_eval.models.openclip_folder import load_openclip_folder
+
+        return load_openclip_folder(spec, trust_pickle=trust_pickle)
     arch, _, source = spec.partition("@")
     model_cfg = open_clip.get_model_config(arch)
     if model_cfg is None:
@@ -140,7 +148,7 @@ def load_openclip(spec: str, *, trust_pickle: bool) -> nn.Module:
             )
         finally:
             logging.disable(logging.NOTSET)
-    provenance = {"ref": ref}
+    provenance = {"ref": ref, **({"pretrained": source} if tag_cfg else {})}
     if tensors is not None and weights is not None:
         load_state_dict_checked(clip, tensors, weights, f"open_clip {arch}")
         provenance["sha256"] = sha256_file(weights)

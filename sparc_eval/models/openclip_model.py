@@ -100,4 +100,6 @@ class OpenClipModel(nn.Module):
             "patch_grid": list(visual.grid_size),
             "context_length": self.tokenizer.context_length,
             "n_params": sum(p.numel() for p in self.clip.parameters()),
+            # A named pretrained tag, the weights file of a folder, the Hub revision read, per-file hashes.
+            **{k: prov[k] for k in ("pretrained", "weights", "hub", "files") if k in prov},
         }
