@@ -44,6 +44,14 @@ WORD_AGGREGATION = (
     "a word of k BPE tokens is scored by the mean of its k tokens' alignment-weight rows (still a distribution); "
     "hit, mass and nnz are read from that row"
 )
+# A mask carried through the model's preprocess is an 8-bit image resized and centre-cropped, so its coverage
+# values are multiples of 1/255: below half a step, no model-input pixel holds any of the object.
+OUTSIDE_CROP_LEVEL = 0.5 / 255
+EXCLUSIONS = (
+    "mentions not scored: outside_crop = the object's mask, carried through the model's own resize and centre crop, "
+    "covers no model-input pixel (a hit is impossible); crowd_only = the word's category has only crowd regions "
+    "(iscrowd=1) in the image; crowd regions are never part of a word's target"
+)
 SOFTMAX_WEIGHTS = "softmax over patches of logit_scale * cos(token, patch) (model has no SPARC objective)"
 
 # ------------------------------------------------------------------------------ mention sources
@@ -288,7 +296,8 @@ class GroundingRunner(Runner):
         scale = model.logit_scale.detach().float()
         project = MaskProjector(model.preprocess)
 
-        samples, patches_seen, stats = [], [], {"mentions": 0, "truncated": 0, "captions": 0, "unaligned_captions": 0}
+        samples, patches_seen = [], []
+        stats = {"mentions": 0, "truncated": 0, "outside_crop": 0, "crowd_only": 0, "captions": 0, "unaligned_captions": 0}
         # Mismatched pairs roll by one over the evaluation order: image k's captions meet image k+1's patches
         # (the last image's meet the first's). The captions of a batch's last image wait for the next batch.
         waiting: tuple[list[dict], torch.Tensor, torch.Tensor] | None = None  # fine-loss rows, their token emb and mask
@@ -361,6 +370,7 @@ class GroundingRunner(Runner):
             else None,
             "position_r2": "1 - sum |x_np - mean_p|^2 / sum |x_np - mean|^2 over the evaluated images' patch embeddings",
             "mentions": {"source": p.mentions, "file": str(mentions_path), "kinds": p.kinds, "scored": len(words), **stats},
+            "exclusions": EXCLUSIONS,
             "patch_grid": list(grid) if samples else None,
             "by_kind": {k: word_metrics([w for w in words if w["kind"] == k]) for k in sorted({w["kind"] for w in words})},
         }
@@ -382,12 +392,21 @@ class GroundingRunner(Runner):
                 if not pos or not bool(tmask[c, pos].all()):
                     stats["truncated"] += 1
                     continue
-                key = tuple(sorted(m["instance_ids"]))
+                # Crowd regions (iscrowd=1) are never pointing targets; a word with only crowd regions is not scored.
+                key = tuple(sorted(i for i in m["instance_ids"] if not base.coco.anns[i].get("iscrowd", 0)))
+                if not key:
+                    stats["crowd_only"] += 1
+                    continue
                 if key not in coverage_cache:
                     union = np.zeros_like(base.coco.annToMask(base.coco.anns[key[0]]))
                     for iid in key:
                         union |= base.coco.annToMask(base.coco.anns[iid])
-                    coverage_cache[key] = patch_coverage(project(union), grid)
+                    projected = project(union)
+                    inside_crop = float(projected.max()) >= OUTSIDE_CROP_LEVEL
+                    coverage_cache[key] = patch_coverage(projected, grid) if inside_crop else None
+                if coverage_cache[key] is None:
+                    stats["outside_crop"] += 1  # the object lies wholly outside the evaluated crop: no hit is possible
+                    continue
                 score = score_word(weights[c, pos].mean(dim=0).cpu(), coverage_cache[key])
                 out.append(
                     {
