@@ -5,7 +5,10 @@ It sits beside the CLI, above `tasks`, `results` and `models`, since it is the o
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import importlib.util
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +17,21 @@ import torch
 
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.models.loaders import load_model
+from sparc_eval.progress import console
 from sparc_eval.provenance import git_revision, package_versions
 from sparc_eval.results.record import (
     RECORD_SUFFIX,
     MetricValue,
     ResultRecord,
     artifact_path,
-    clean_metric,
     load_record,
+    metric_value,
+    numbers_identity,
     record_path,
+    stale_reason,
     write_record,
 )
-from sparc_eval.tasks.card import load_card, validate_params
+from sparc_eval.tasks.card import TaskCard, load_card
 from sparc_eval.tasks.distributed import default_num_workers, world_from_env
 from sparc_eval.tasks.feature_cache import FeatureCache, default_cache_dir, model_id
 from sparc_eval.tasks.runner import RunContext, get_runner, seed_everything
@@ -49,6 +55,42 @@ class Evaluation:
     record: ResultRecord
     path: Path
     reused: bool  # an existing record was returned instead of evaluating again
+    recomputed_because: str | None = None  # why an existing record at `path` was not reused
+
+
+def _importable(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None  # None: imports of it are blocked
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_requirements(card: TaskCard, ckpt: str) -> None:
+    """Stop before any work when an optional library the run needs is missing, with one line naming the extra.
+
+    Runners (`requirements(params)`), readers and model loaders (a `requires` attribute) declare what they
+    import beyond the core dependencies, as {import name: sparc-eval extra that installs it}.
+    """
+    from sparc_eval.data.registry import READERS
+    from sparc_eval.models.loaders import LOADERS, split_reference
+
+    needs: dict[str, tuple[str, str]] = {}  # import name -> (extra, who needs it)
+    for module, extra in get_runner(card.runner).requirements(card.runner_params).items():
+        needs.setdefault(module, (extra, f"runner {card.runner!r}"))
+    for spec in filter(None, (card.dataset, card.fit_dataset)):
+        for module, extra in getattr(READERS.get(spec.format), "requires", {}).items():
+            needs.setdefault(module, (extra, f"reader {spec.format!r}"))
+    source, _ = split_reference(ckpt)
+    for module, extra in getattr(LOADERS.get(source), "requires", {}).items():
+        needs.setdefault(module, (extra, f"model source {source!r}"))
+    for module, (extra, who) in needs.items():
+        if not _importable(module):
+            raise SparcEvalError(
+                f"task {card.name}: {who} needs the optional library {module!r}, which is not installed: "
+                f"pip install 'sparc-eval[{extra}]'"
+            )
 
 
 def evaluate(ckpt: str, task: str | Path, **overrides) -> ResultRecord:
@@ -74,8 +116,11 @@ def run_evaluation(
 ) -> Evaluation:
     """Score checkpoint `ckpt` on task `task` (card name or path).
 
-    An existing record for the same (checkpoint sha256, card sha256, limit) is returned as is
-    unless `force`. Nothing is written unless the whole evaluation succeeds.
+    An existing record at the same path is returned as is only when everything that determines its numbers
+    matches the request (results.record.numbers_identity: checkpoint and card sha256, runner params, data, seed,
+    precision, limit, batch size, device kind, sparc-eval version) and its samples file and artifacts still match
+    the sha256 it keeps; otherwise the run is computed again, saying why, unless `force` (always recompute).
+    Nothing is written unless the whole evaluation succeeds.
 
     Under torchrun every process calls this; each scores its slice of the split and rank 0 alone writes the
     record (sparc_eval.tasks.distributed). `num_workers` None: default_num_workers(). `cache` False bypasses
@@ -87,20 +132,47 @@ def run_evaluation(
         raise SparcEvalError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise SparcEvalError(f"--batch-size must be at least 1, got {batch_size}")
-    card = load_card(task)
+    card = load_card(task)  # validated completely: keys, reader options, runner params
     runner_cls = get_runner(card.runner, card.path)
-    params = validate_params(runner_cls.Params, card.params, card)
+    params = card.runner_params
+    check_requirements(card, ckpt)
     dev = resolve_device(device)
     world = world_from_env(dev.type)
     if world.backend == "nccl" and dev.index is None:
         dev = torch.device("cuda", world.local_rank)  # one GPU per process
     num_workers = default_num_workers(world) if num_workers is None else num_workers
 
+    task_info = {
+        "name": card.name,
+        "version": card.version,
+        "card_sha256": card.sha256,
+        "runner": card.runner,
+        "family": runner_cls.family,
+        "card_path": str(card.path),
+        "description": card.description,
+        "dataset": card.dataset.to_json(),
+        "fit_dataset": card.fit_dataset.to_json() if card.fit_dataset else None,
+        "synthscenes": card.synthscenes,
+        "params": dataclasses.asdict(params),
+    }
+    packages = package_versions()
+    settings = {"seed": seed, "precision": precision, "limit": limit, "batch_size": batch_size, "device": str(dev)}
+
     model = load_model(ckpt, trust_pickle=trust_pickle)
     described = model.describe()
     path = record_path(Path(out), described["sha256"], card.name, card.sha256, limit)
-    if world.all_true(path.is_file() and not force):
-        return Evaluation(load_record(path), path, reused=True)
+    reason = None
+    if path.is_file() and not force:
+        wanted = numbers_identity(task_info, described["sha256"], {**settings, "sparc_eval": packages.get("sparc-eval")})
+        try:
+            existing = load_record(path)
+            reason = stale_reason(path, existing, wanted)
+        except SparcEvalError as exc:
+            reason = f"the existing record cannot be used ({exc})"
+        if world.all_true(reason is None):
+            return Evaluation(existing, path, reused=True)
+        if world.is_main:
+            console.print(f"recomputing {card.name}: {reason}", highlight=False, markup=False, soft_wrap=True)
 
     seed_everything(seed)
     model = model.to(dev).eval()
@@ -114,7 +186,8 @@ def run_evaluation(
         data_dir=Path(data_dir),
         work_dir=path.parent,
         record_stem=path.name[: -len(RECORD_SUFFIX)],
-        cache_dir=Path(out) / "cache" / f"{described['sha256'][:16]}-{card.sha256[:12]}",
+        # Fitted state depends on the seed too (heads and captioners are initialised and shuffled by it).
+        cache_dir=Path(out) / "cache" / f"{described['sha256'][:16]}-{card.sha256[:12]}-seed{seed}",
         world=world,
         features=FeatureCache(default_cache_dir(Path(out)), model_id(described), precision, dev.type) if cache else None,
     )
@@ -139,31 +212,24 @@ def run_evaluation(
     unknown = set(output.metrics) - set(runner_cls.metrics)
     if unknown:
         raise RuntimeError(f"runner {card.runner!r} reported undeclared metrics {sorted(unknown)}")
+    where = f"task {card.name} (runner {card.runner!r})"
     record = ResultRecord(
-        task={
-            "name": card.name,
-            "version": card.version,
-            "card_sha256": card.sha256,
-            "runner": card.runner,
-            "family": runner_cls.family,
-            "card_path": str(card.path),
-            "description": card.description,
-        },
+        task=task_info,
         checkpoint={"ref": ckpt, **described},
         metrics={
-            name: MetricValue(clean_metric(output.metrics.get(name)), higher) for name, higher in runner_cls.metrics.items()
+            name: MetricValue(metric_value(output.metrics.get(name), where, name), higher)
+            for name, higher in runner_cls.metrics.items()
         },
         n_samples=output.n_samples,
         samples_file=artifact_path(path, "samples.jsonl").name,
-        seed=seed,
-        precision=precision,
-        device=str(dev),
-        limit=limit,
+        **settings,
+        num_workers=num_workers,
+        threads=torch.get_num_threads(),
         wall_time_s=round(wall, 3),
         throughput=round(output.n_samples / wall, 3) if wall > 0 else 0.0,
         fit_time_s=None if fit_time is None else round(fit_time, 3),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        packages=package_versions(),
+        packages=packages,
         git_revision=git_revision(),
         info=output.info,
         artifacts=output.artifacts,
@@ -174,4 +240,4 @@ def run_evaluation(
     if world.is_main:
         write_record(path, record, output.samples)
     world.barrier()  # no rank returns before the record exists
-    return Evaluation(record, path, reused=False)
+    return Evaluation(record, path, reused=False, recomputed_because=reason)

@@ -153,11 +153,9 @@ def test_changed_card_limit_and_sample_set_are_reported(baseline, tmp_path):
     assert "sample limit" in compare_results(baseline, limited).problems[0].detail
 
     other_ids = tmp_path / "other-ids"
-    path = _write_cls(other_ids, _hits())
-    samples = path.with_name(path.name.replace(".record.json", ".samples.jsonl"))
-    rows = [json.loads(line) for line in samples.read_text().splitlines()]
-    rows[0]["id"] = "val/elsewhere.png"
-    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    hits = _hits()
+    rows = [{"id": f"val/{i}.png" if i else "val/elsewhere.png", "top1": int(h), "label": i % 6} for i, h in enumerate(hits)]
+    write_run(other_ids, ckpt="tiny-clip", task="synth-cls", metrics={"top1": (float(hits.mean()), True)}, samples=rows)
     problems = compare_results(baseline, other_ids).problems
     assert problems[0].task == "synth-cls" and "sample set changed" in problems[0].detail
 
@@ -254,6 +252,7 @@ def _write_mean(out: Path, scores, card: Path, runner: str = "test-mean", value:
         metrics={"mean_score": (float(np.mean(scores)) if value is None else value, True)},
         card_sha=loaded.sha256,
         card_path=str(card),
+        params={"field": "score"},
     )
 
 
@@ -296,10 +295,17 @@ def test_no_paired_test_means_a_drop_beyond_tolerance_fails(mean_card, tmp_path)
     assert m.test == "none" and m.status == regress.REGRESSION and "cannot recompute" in m.note
 
 
-def test_edited_card_since_the_run_is_bad_input(mean_card, tmp_path):
+def test_the_gate_reads_params_from_the_records_never_the_card(mean_card, tmp_path):
     scores = np.linspace(0, 1, 30)
     _write_mean(tmp_path / "base", scores, mean_card)
     _write_mean(tmp_path / "new", scores - 0.1, mean_card)
-    mean_card.write_text(mean_card.read_text().replace("version: 1", "version: 1\ndescription: edited"))
-    with pytest.raises(SparcEvalError, match="has changed since"):
-        compare_results(tmp_path / "base", tmp_path / "new")
+    mean_card.unlink()  # records are self-contained: the bootstrap re-scores with the params they hold
+    (m,) = compare_results(tmp_path / "base", tmp_path / "new", n_bootstrap=50).metrics
+    assert m.test == "bootstrap" and m.status == regress.REGRESSION
+    # Params that the runner does not take are one line naming the record.
+    record = next((tmp_path / "new").rglob("*.record.json"))
+    raw = json.loads(record.read_text())
+    raw["task"]["params"] = {"feld": "score"}
+    record.write_text(json.dumps(raw))
+    with pytest.raises(SparcEvalError, match=f"result record {record}: unknown params key 'feld'"):
+        compare_results(tmp_path / "base", tmp_path / "new", n_bootstrap=50)

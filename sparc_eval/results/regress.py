@@ -296,7 +296,7 @@ def _paired_bootstrap(
 
     runner_name = str(new.record.task["runner"])
     runner = get_runner(runner_name)
-    params = _card_params(new, runner)
+    params = _recorded_params(new, runner)
     try:
         full = runner.aggregate(new_rows, params)
     except NotImplementedError:
@@ -331,17 +331,11 @@ def _paired_bootstrap(
         c.p_value = float(min(1.0, 2 * min(below, above)))
 
 
-def _card_params(entry: Entry, runner: type) -> Any:
-    """The runner's params from the task card the record was made with (its hash must still match)."""
-    from sparc_eval.tasks.card import load_card, validate_params
+def _recorded_params(entry: Entry, runner: type) -> Any:
+    """The runner's params the record was made with (records carry them: no card is read)."""
+    from sparc_eval.tasks.card import validate_params
 
-    recorded = Path(str(entry.record.task.get("card_path", "")))
-    card = load_card(recorded if recorded.is_file() else entry.task)
-    if card.sha256 != entry.record.task.get("card_sha256"):
-        raise SparcEvalError(
-            f"task card {card.path} has changed since {entry.path} was written; re-run the evaluation to regress it"
-        )
-    return validate_params(runner.Params, card.params, card)
+    return validate_params(runner.Params, entry.record.task["params"], f"result record {entry.path}")
 
 
 # ---------------------------------------------------------------------------------------- report
