@@ -27,7 +27,7 @@ from sparc_eval.builtin import builtin_dir
 from sparc_eval.card_files import CHECKPOINT, find_card_file, is_path_ref, read_card
 from sparc_eval.data.synth import ensure_synthscenes
 from sparc_eval.errors import SparcEvalError
-from sparc_eval.fileio import sha256_text
+from sparc_eval.fileio import inside, sha256_text
 from sparc_eval.models.checkpoint import CONFIG_FILE, load_checkpoint
 from sparc_eval.schema import Name, StrictModel, model_from_callable, model_from_dataclass, validate
 from sparc_eval.tasks.card import SynthScenesSchema
@@ -70,7 +70,10 @@ class CheckpointCard:
         return sha256_text(json.dumps({"synthscenes": self.synthscenes, "train": self.train}, sort_keys=True))
 
     def checkpoint_dir(self, root: str | os.PathLike) -> Path:
-        return Path(root) / self.recipe_sha256[:12] / self.name
+        """`ROOT/<recipe sha256[:12]>/<name>`; a name that would lead outside the checkpoint root is refused."""
+        if Path(root).exists() and not Path(root).is_dir():
+            raise SparcEvalError(f"checkpoint root {root} is a file, not a folder")
+        return inside(Path(root) / self.recipe_sha256[:12], self.name, f"checkpoint card {self.path}: name")
 
     def with_overrides(self, synthscenes: dict[str, int] | None = None, train: dict[str, Any] | None = None) -> CheckpointCard:
         """A variant of the recipe (e.g. quickstart --fast: tiny data, few steps), validated like the card itself."""

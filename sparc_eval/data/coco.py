@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparc_eval.data.annotations import check_coco
 from sparc_eval.data.common import (
     CaptionDataset,
     ImageDataset,
@@ -33,8 +34,7 @@ from sparc_eval.errors import SparcEvalError
 def _load(root: Path, split: str, annotation_option: str, fmt: str, keys: tuple[str, ...]) -> tuple[Path, dict]:
     annotation = resolve(root, annotation_option, split)
     data = load_json(annotation)
-    if not isinstance(data, dict) or any(not isinstance(data.get(k), list) for k in keys):
-        raise SparcEvalError(f"annotation file {annotation} is not COCO {fmt[5:]} JSON (needs lists {', '.join(keys)})")
+    check_coco(annotation, data, fmt[5:], root)  # types, required keys, ids, boxes: before anything trusts them
     require_nonempty(data["images"], split, annotation)
     return annotation, data
 

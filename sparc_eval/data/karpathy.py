@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from sparc_eval.data.annotations import check_karpathy
 from sparc_eval.data.common import (
     CaptionDataset,
     load_json,
@@ -18,7 +19,7 @@ from sparc_eval.data.common import (
     resolve,
 )
 from sparc_eval.data.layout import Need, file_need, folder_needs, readable
-from sparc_eval.errors import SparcEvalError
+from sparc_eval.fileio import inside
 
 
 def karpathy_entries(root: Path, data: dict, split: str, images_dir: Path) -> list[tuple[Path, dict]]:
@@ -51,11 +52,13 @@ def read_karpathy(
     annotation = resolve(root, annotation, split)
     images_dir = resolve(root, images_dir)
     data = load_json(annotation)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise SparcEvalError(f"annotation file {annotation} is not a Karpathy split file (no 'images' list)")
+    check_karpathy(annotation, data)
     paths, ids, captions = [], [], []
-    for path, entry in karpathy_entries(root, data, split, images_dir):
-        paths.append(path)
+    for _, entry in karpathy_entries(root, data, split, images_dir):
+        base, rel = (
+            (root, Path(entry["filepath"], entry["filename"])) if entry.get("filepath") else (images_dir, entry["filename"])
+        )
+        paths.append(inside(base, rel, f"annotation file {annotation}: image {entry['filename']!r}"))
         ids.append(int(entry.get("cocoid", entry.get("imgid"))))
         captions.append([s["raw"].strip() for s in entry.get("sentences", [])])
     require_nonempty(paths, split, annotation)

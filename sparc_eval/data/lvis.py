@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sparc_eval.data.annotations import check_coco
 from sparc_eval.data.coco import InstancesDataset
 from sparc_eval.data.common import load_json, require_file, require_nonempty, resolve
 from sparc_eval.data.layout import Need, file_need, folder_needs, readable
@@ -63,12 +64,15 @@ def read_lvis(
     from lvis import LVIS
 
     annotation = require_file(resolve(root, annotation, split), "annotation file")
+    data = load_json(annotation)
+    check_coco(annotation, data, "lvis", root)  # before the LVIS API indexes it: one line instead of a KeyError
+
+    class _CheckedLVIS(LVIS):  # the LVIS API on the JSON already read and checked, not a second read of the file
+        def _load_json(self, _path: str) -> dict:
+            return data
+
     logging.getLogger("lvis.lvis").setLevel(logging.WARNING)
-    try:
-        api = LVIS(str(annotation))
-    except (ValueError, KeyError, TypeError, AssertionError) as exc:
-        raise SparcEvalError(f"annotation file {annotation} is not LVIS JSON ({type(exc).__name__}: {exc})") from None
-    data = api.dataset
+    api = _CheckedLVIS(str(annotation))
     require_nonempty(data["images"], split, annotation)
     ds = InstancesDataset(
         lvis_image_paths(root, annotation, data["images"]),

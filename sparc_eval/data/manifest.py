@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,10 @@ from PIL import Image
 from rich.table import Table
 
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.fileio import inside
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_MD5 = re.compile(r"[0-9a-f]{32}")
 # Top-level folder -> format name shown in the table.
 _FORMATS = {
     "scenes.json": "scenes",
@@ -81,10 +84,19 @@ def check_tree(root: str | Path) -> CheckReport:
         return report
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = dict(manifest["files"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        files = manifest["files"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         report.problem("manifest", f"{manifest_path} is not a manifest (valid JSON with a 'files' map)")
         return report
+    if not isinstance(files, dict):
+        report.problem("manifest", f"{manifest_path} is not a manifest ('files' must map paths to md5 sums)")
+        return report
+    # A manifest names files relative to its root and nothing else: an entry leading outside is refused before
+    # anything is read.
+    for rel, md5 in files.items():
+        inside(root, rel, f"{manifest_path}: entry")
+        if not isinstance(md5, str) or not _MD5.fullmatch(md5):
+            raise SparcEvalError(f"{manifest_path}: entry {rel!r} has md5 {md5!r}, not 32 hexadecimal digits")
 
     for rel, md5 in files.items():
         fmt = _format_of(rel)
@@ -173,12 +185,22 @@ def _check_scenes(root: Path, path: Path) -> int:
     """scenes.json: every image's file exists; returns the number of objects described."""
     from sparc_eval.data.common import load_json, require_images
 
-    images = load_json(path, "scene file")["images"]
-    require_images([root / img["file_name"] for img in images], path)
+    data = load_json(path, "scene file")
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list) or not all(
+        isinstance(img, dict) and isinstance(img.get("file_name"), str) and isinstance(img.get("objects"), list) for img in images
+    ):
+        raise SparcEvalError(f"scene file {path} is not a SynthScenes scene list (images with file_name and objects)")
+    require_images([inside(root, img["file_name"], f"scene file {path}: file_name") for img in images], path)
     return sum(len(img["objects"]) for img in images)
 
 
 def _karpathy_splits(path: Path) -> list[str]:
     """The reader's splits present in a Karpathy file ("restval" is read as part of "train")."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return sorted({"train" if img.get("split") == "restval" else img.get("split") for img in data.get("images", [])})
+    from sparc_eval.data.common import load_json
+
+    data = load_json(path)
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list) or not all(isinstance(img, dict) and isinstance(img.get("split"), str) for img in images):
+        raise SparcEvalError(f"annotation file {path} is not a Karpathy split file (an 'images' list, each with a 'split')")
+    return sorted({"train" if img["split"] == "restval" else img["split"] for img in images})
