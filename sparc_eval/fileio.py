@@ -85,14 +85,22 @@ def glob_escape(name: str) -> str:
 
 def temporary_sibling(path: Path, *, folder: bool = False) -> Path:
     """A new private `.NAME.XXXX.PID.tmp` file (or folder) beside `path`, after removing stale ones of earlier runs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    options = {"dir": path.parent, "prefix": f".{path.name}.", "suffix": f".{os.getpid()}.tmp"}
-    if folder:
-        return Path(tempfile.mkdtemp(**options))
-    fd, tmp = tempfile.mkstemp(**options)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        options = {"dir": path.parent, "prefix": f".{path.name}.", "suffix": f".{os.getpid()}.tmp"}
+        if folder:
+            return Path(tempfile.mkdtemp(**options))
+        fd, tmp = tempfile.mkstemp(**options)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     os.close(fd)
     return Path(tmp)
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> SparcEvalError:
+    """The one-line error for a write of `path` that failed (disk full, no permission, a file where a folder is)."""
+    return SparcEvalError(f"could not write {path}: {exc.strerror or exc}")
 
 
 @contextlib.contextmanager
@@ -108,6 +116,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, _FILE_MODE)
         os.replace(tmp_path, path)
+    except OSError as exc:  # a full disk or a permission, named by the file the user asked for, not its temporary
+        raise write_error(path, exc) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -126,6 +136,8 @@ def write_files_atomic(folder: str | os.PathLike, texts: Mapping[str, str]) -> d
             os.chmod(temps[name], _FILE_MODE)
         for name, tmp in temps.items():
             os.replace(tmp, folder / name)
+    except OSError as exc:
+        raise write_error(folder / name, exc) from None
     finally:
         for tmp in temps.values():
             if tmp.exists():

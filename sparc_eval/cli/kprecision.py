@@ -32,8 +32,11 @@ def kprecision_cmd(
 
     from rich.table import Table
 
+    from sparc_eval.cli import checks
     from sparc_eval.tasks.caption_scores import score_files
 
+    checks.existing_file("--pred", pred)
+    checks.existing_file("--refs", refs)
     scores = score_files(pred, refs, max_over_captions=max_over_captions)
     if json_out:
         print(json.dumps(scores, indent=2))

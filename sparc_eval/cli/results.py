@@ -21,7 +21,10 @@ def table_cmd(
 
     Example: sparc-eval table results --format md --layout paper
     """
+    from sparc_eval.cli import checks
     from sparc_eval.results.table import FORMATS, TEXT_RENDERERS, build_table, render_rich
+
+    checks.existing_folder("results folder", results_dir)
 
     if fmt not in FORMATS:
         raise SparcEvalError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -57,8 +60,16 @@ def regress_cmd(
     """
     import json
 
+    from sparc_eval.cli import checks
     from sparc_eval.results.regress import compare_results, render_report
 
+    checks.existing_folder("--baseline", baseline)
+    checks.existing_folder("--results", results)
+    checks.finite("--tolerance", tolerance, minimum=0)
+    if not 0 < alpha < 1:
+        raise SparcEvalError(f"--alpha must be between 0 and 1 (exclusive), got {alpha}")
+    checks.between("--bootstrap", bootstrap, 1, 1_000_000)
+    checks.seed("--seed", seed)
     report = compare_results(baseline, results, tolerance=tolerance, alpha=alpha, n_bootstrap=bootstrap, seed=seed, exact=exact)
     if json_out:
         print(json.dumps(report.to_json(), indent=2))
@@ -77,7 +88,11 @@ def leaderboard_build(
 
     Example: sparc-eval leaderboard build results --out leaderboard/
     """
+    from sparc_eval.cli import checks
     from sparc_eval.results.leaderboard import build_leaderboard
+
+    checks.existing_folder("results folder", results_dir)
+    checks.output_folder("--out", out, free_mib=4)
 
     for path in build_leaderboard(results_dir, out, title=title).values():
         console.print(f"wrote {path}", highlight=False)

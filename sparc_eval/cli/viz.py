@@ -31,8 +31,12 @@ def viz_align(
     """
     import json
 
+    from sparc_eval.cli import checks
     from sparc_eval.viz.align import render_alignment
 
+    checks.existing_file("--image", image)
+    checks.output_file("--out", out, free_mib=4)
+    checks.one_of("--head", head, ("local", "global"))
     summary = render_alignment(ckpt, image, caption, out, head=head, device=device, trust_pickle=trust_pickle)
     if json_out:
         print(json.dumps(summary, indent=2))
@@ -62,8 +66,13 @@ def viz_seg(
 
     Example: sparc-eval viz seg --ckpt runs/quick/tiny-sparc --task synth-seg --n 8 --out pictures/synth-seg
     """
+    from sparc_eval.cli import checks
     from sparc_eval.viz.seg import render_segmentation
 
+    checks.between("--n", n, 1, 10_000)
+    checks.at_least("--batch-size", batch_size, 1)
+    checks.output_folder("--out", out, free_mib=4)
+    checks.data_folder("--data-dir", data_dir)
     for row in render_segmentation(
         ckpt, task, n, out, data_dir=data_dir, device=device, batch_size=batch_size, trust_pickle=trust_pickle
     ):

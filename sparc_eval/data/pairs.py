@@ -53,6 +53,8 @@ def read_pairs(root: Path, split: str, *, transform: Callable | None = None) -> 
     for n, row in enumerate(_rows(path), start=2 if path.suffix == ".csv" else 1):
         if not isinstance(row, dict) or not row.get("image") or row.get("caption") is None:
             raise SparcEvalError(f"pairs file {path}, line {n}: needs non-empty columns 'image' and 'caption'")
+        if not isinstance(row["image"], str) or not isinstance(row["caption"], str) or "\x00" in row["image"]:
+            raise SparcEvalError(f"pairs file {path}, line {n}: 'image' and 'caption' must be strings")
         paths.append(path.parent / row["image"])
         captions.append(str(row["caption"]))
     require_nonempty(paths, split, path)

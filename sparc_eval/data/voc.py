@@ -28,6 +28,7 @@ from sparc_eval.data.common import (
 )
 from sparc_eval.data.layout import Need, file_need, folder_needs, readable
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.fileio import inside
 
 IGNORE = 255
 VOC_CLASSES = (
@@ -201,6 +202,8 @@ def read_voc(
     require_dir(root / "JPEGImages", "image folder")
     ids = [line.split()[0] for line in read_lines(split_file, "split file")]
     require_nonempty(ids, split, split_file)
+    for image_id in ids:  # an id names a file in JPEGImages/, never a path out of the tree
+        inside(root / "JPEGImages", f"{image_id}.jpg", f"split file {split_file}: image id")
     paths, labels = voc_item_paths(root, label_dir, ids)
     require_images(paths, split_file)
     require_images(labels, split_file)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sparc_eval.errors import SparcEvalError
-from sparc_eval.fileio import sha256_file, temporary_sibling, write_json_atomic
+from sparc_eval.fileio import sha256_file, temporary_sibling, write_error, write_json_atomic
 
 FORMAT = "sparc-eval-checkpoint"
 FORMAT_VERSION = 1
@@ -47,6 +47,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _default_permissions(tmp)
         os.rename(tmp, path)
+    except OSError as exc:  # a full disk or a permission, named by the folder asked for, not its temporary
+        raise write_error(path, exc) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -286,6 +288,7 @@ def load_checkpoint(folder: str | os.PathLike) -> nn.Module:
             quick_gelu=cfg.get("quick_gelu", False),
             vision_cfg=cfg["vision_cfg"],
             text_cfg=cfg["text_cfg"],
+            local_head=cfg.get("local_head", "linear"),
         )
     except SparcEvalError as exc:
         raise SparcEvalError(f"{folder / CONFIG_FILE}: {exc}") from None

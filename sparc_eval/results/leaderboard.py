@@ -12,7 +12,7 @@ import html
 from pathlib import Path
 from string import Template
 
-from sparc_eval.fileio import write_text_atomic
+from sparc_eval.fileio import write_files_atomic
 from sparc_eval.results.collect import family_rank
 from sparc_eval.results.record import direction_arrow
 from sparc_eval.results.table import (
@@ -32,7 +32,8 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b
 
 
 def build_leaderboard(results_dir: str | Path, out_dir: str | Path, title: str = "sparc-eval leaderboard") -> dict[str, Path]:
-    """Write leaderboard.md, leaderboard.csv and index.html (paper column order) into `out_dir`; returns the paths."""
+    """Write leaderboard.md, leaderboard.csv and index.html (paper column order) into `out_dir`, all three or none
+    (fileio.write_files_atomic: every file is written to a temporary first, then each is renamed); returns the paths."""
     table = build_table(results_dir, layout="paper")
     out_dir = Path(out_dir)
     texts = {
@@ -40,11 +41,7 @@ def build_leaderboard(results_dir: str | Path, out_dir: str | Path, title: str =
         "leaderboard.csv": render_csv(table),
         "index.html": render_html(table, title),
     }
-    paths = {}
-    for name, text in texts.items():
-        paths[name] = out_dir / name
-        write_text_atomic(paths[name], text)
-    return paths
+    return write_files_atomic(out_dir, texts)
 
 
 def _summary(table: ResultsTable) -> str:

@@ -61,6 +61,9 @@ class ResultRecord:
     world_size: int = 1  # processes that scored the split together (torchrun); 1 for a single process
     samples_sha256: str = ""  # filled in by write_record
     artifacts_sha256: dict[str, str] = field(default_factory=dict)  # name -> sha256, filled in by write_record
+    # provenance.numerics(): CPU model, ATen capability, threads, MKL / oneDNN: what decides the low bits of the
+    # metrics besides the seed (README, "What a seed reproduces"); descriptive, never part of the reuse check.
+    numerics: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -148,6 +151,7 @@ class RecordSchema(StrictModel):
     world_size: int = Field(ge=1)
     samples_sha256: Sha256
     artifacts_sha256: dict[str, Sha256]
+    numerics: dict[str, Any] = {}
     schema_version: int
 
 
