@@ -43,7 +43,7 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path):
 
 def test_manifest_lists_every_file_with_its_md5(synth_root):
     manifest = _json(synth_root / "MANIFEST.json")
-    assert manifest["generator"] == "synthscenes" and manifest["generator_version"] == 1
+    assert manifest["generator"] == "synthscenes" and manifest["generator_version"] == synth.GENERATOR_VERSION
     assert (manifest["seed"], manifest["n_train"], manifest["n_val"], manifest["n_test"], manifest["image_size"]) == (
         0,
         96,

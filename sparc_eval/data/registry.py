@@ -30,6 +30,7 @@ READERS: Registry[Reader] = Registry(
         "voc": "sparc_eval.data.voc:read_voc",
         "imagefolder": "sparc_eval.data.imagefolder:read_imagefolder",
         "pairs": "sparc_eval.data.pairs:read_pairs",
+        "sugarcrepe": "sparc_eval.data.sugarcrepe:read_sugarcrepe",
     },
 )
 

@@ -30,7 +30,9 @@ from PIL import Image
 
 from sparc_eval.errors import SparcEvalError
 
-GENERATOR_VERSION = 1
+# 2: adds hard_negatives/ (sparc_eval.data.synth_negatives); every file of version 1 keeps its bytes, and
+# ensure_synthscenes upgrades a version-1 tree in place.
+GENERATOR_VERSION = 2
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
 COLOURS = {
     "red": (215, 40, 40),
@@ -573,7 +575,41 @@ def ensure_synthscenes(data_dir: str | os.PathLike, **params: int) -> Path:
     target = synthscenes_dir(data_dir, **params)
     if not (target / "MANIFEST.json").is_file():
         generate_synthscenes(target, **params)
+    else:
+        _upgrade(target)
     return target
+
+
+def _derived_files(scenes: dict, seed: int) -> dict[str, str]:
+    """Files computed from scenes.json alone: written by a fresh generation and added to an older tree alike."""
+    from sparc_eval.data.synth_negatives import hard_negative_files
+
+    return hard_negative_files(scenes, seed)
+
+
+def _upgrade(tree: Path) -> None:
+    """Bring a tree of an older generator version to this one in place: version 1 lacks only the derived files,
+    so they are written and the manifest is rewritten (last, atomically) byte for byte as a fresh generation's."""
+    from sparc_eval.fileio import write_text_atomic
+
+    manifest = json.loads((tree / "MANIFEST.json").read_text(encoding="utf-8"))
+    version = manifest.get("generator_version")
+    if version == GENERATOR_VERSION:
+        return
+    if version != 1:
+        raise SparcEvalError(
+            f"{tree} was written by SynthScenes generator version {version!r}, this sparc-eval writes {GENERATOR_VERSION}; "
+            f"regenerate it (sparc-eval data synth --out {tree} --force)"
+        )
+    scenes = json.loads((tree / "scenes.json").read_text(encoding="utf-8"))
+    files = dict(manifest["files"])
+    for rel, text in _derived_files(scenes, manifest["seed"]).items():
+        data = text.encode("utf-8")
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(tree / rel, text)
+        files[rel] = hashlib.md5(data).hexdigest()
+    manifest["generator_version"], manifest["files"] = GENERATOR_VERSION, dict(sorted(files.items()))
+    write_text_atomic(tree / "MANIFEST.json", json.dumps(manifest, indent=1) + "\n")
 
 
 def generate_synthscenes(
@@ -617,7 +653,9 @@ def generate_synthscenes(
         records = _run_jobs(jobs, workers, total)
         files = {rel: md5 for r in records for rel, md5 in r["md5s"].items()}
         splits = {s: [r for r in records if r["split"] == s] for s in ("train", "val", "test")}
-        for rel, obj in _annotation_files(records, image_size, splits).items():
+        annotations = _annotation_files(records, image_size, splits)
+        annotations.update(_derived_files(annotations["scenes.json"], seed))
+        for rel, obj in annotations.items():
             text = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
             data = text.encode("utf-8")
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
