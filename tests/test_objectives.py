@@ -261,8 +261,10 @@ def test_objectives_combine_parts():
 
 
 def test_build_objective_errors():
-    with pytest.raises(SparcEvalError, match="unknown objective 'filip'"):
-        build_objective("filip")
+    with pytest.raises(
+        SparcEvalError, match="unknown objective 'filipp'; known objectives: clip, filip, gloria, mgca, pacl, sparc"
+    ):
+        build_objective("filipp")
     with pytest.raises(SparcEvalError, match="objective 'clip' has no option 'lambda_f'; its options: none"):
         build_objective("clip", lambda_f=1.0)
     with pytest.raises(

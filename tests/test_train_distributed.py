@@ -56,3 +56,46 @@ def test_two_gloo_processes_match_one(synth_root, tmp_path, monkeypatch):
     assert one[-1]["loss"] != pytest.approx(one[0]["loss"], rel=1e-3)
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["training"]["world_size"] == 2 and config["training"]["batch_size"] == 8
+
+
+# MGCA's prototype loss depends on the global batch only through Sinkhorn, which balances over every rank.
+_BASELINE_OPTIONS = {
+    "filip": {"lambda_g": 1.0},
+    "pacl": {"lambda_g": 1.0},
+    "gloria": {},
+    "mgca": {"n_prototypes": 16, "freeze_prototypes_steps": 2},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", sorted(_BASELINE_OPTIONS))
+def test_two_gloo_processes_match_one_for_each_baseline(objective, synth_root, tmp_path, monkeypatch):
+    """FILIP, PACL and GLoRIA gather patch and token embeddings across ranks; MGCA's prototypes sit outside DDP
+    (gradients averaged by the trainer) and its Sinkhorn balances over the global batch: 2 processes equal 1."""
+    monkeypatch.setitem(PRESETS, "micro", MICRO)
+    kwargs = dict(
+        data=str(synth_root),
+        arch="micro",
+        objective=objective,
+        objective_options=_BASELINE_OPTIONS[objective],
+        steps=4,
+        batch_size=8,
+        warmup=1,
+        log_every=1,
+        lr=2e-3,
+        device="cpu",
+    )
+    single = train(TrainConfig(out=str(tmp_path / "single"), **kwargs))
+    mp.spawn(_worker, args=(2, _free_port(), {**kwargs, "out": str(tmp_path / "ddp")}), nprocs=2, join=True)
+    one, two = _rows(single), _rows(tmp_path / "ddp")
+    compared = ("loss", "global", "fine", "logit_scale", *(("proto",) if objective == "mgca" else ()))
+    for a, b in zip(one, two):
+        for key in compared:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (objective, a["step"], key)
+    assert one[-1]["loss"] != pytest.approx(one[0]["loss"], rel=1e-3)
+    if objective == "mgca":  # the prototypes moved once unfrozen, identically in both runs
+        from safetensors.torch import load_file
+
+        a, b = (load_file(str(folder / "objective.safetensors")) for folder in (tmp_path / "single", tmp_path / "ddp"))
+        torch.testing.assert_close(a["prototypes"], b["prototypes"], rtol=1e-5, atol=1e-6)
+        assert int(a["steps_seen"]) == 4

@@ -30,7 +30,7 @@ ALIGNMENT_WEIGHTS = ("sparse", "softmax")
 FINE_TOKENS = ("all", "unique")
 
 
-def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All ranks' rows (gradients flow back to their owners) and this rank's row offset."""
     import torch.distributed as dist
 
@@ -45,6 +45,34 @@ def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(gathered, dim=0), dist.get_rank() * x.shape[0]
 
 
+class OptionError(SparcEvalError):
+    """A bad value of one objective option; `option` is its name, so the CLI can name the flag that set it."""
+
+    def __init__(self, option: str, requirement: str, value: Any):
+        self.option, self.requirement, self.value = option, requirement, value
+        super().__init__(f"{option} {requirement}, got {value!r}")
+
+
+def check_non_negative(**options: float) -> None:
+    """Loss weights: 0 switches a term off, a negative weight would reward the loss."""
+    for name, value in options.items():
+        if not value >= 0:
+            raise OptionError(name, "must be at least 0", value)
+
+
+def check_positive(**options: float) -> None:
+    """Temperatures, scales and counts: must be strictly positive."""
+    for name, value in options.items():
+        if not value > 0:
+            raise OptionError(name, "must be positive", value)
+
+
+def symmetric_cross_entropy(logits_i2t: torch.Tensor, logits_t2i: torch.Tensor, offset: int) -> torch.Tensor:
+    """Mean of the two InfoNCE directions; row r's positive sits at column offset + r (offset: this rank's first row)."""
+    labels = torch.arange(logits_i2t.shape[0], device=logits_i2t.device) + offset
+    return 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
+
+
 def global_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, inv_temperature: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE between global image and text embeddings [B, D] (paper Eq. 1).
 
@@ -54,12 +82,9 @@ def global_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, inv
     """
     image_emb = F.normalize(image_emb, dim=-1)
     text_emb = F.normalize(text_emb, dim=-1)
-    all_images, offset = _gather_with_grad(image_emb)
-    all_texts, _ = _gather_with_grad(text_emb)
-    labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
-    logits_i2t = inv_temperature * image_emb @ all_texts.T
-    logits_t2i = inv_temperature * text_emb @ all_images.T
-    return 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
+    all_images, offset = gather_with_grad(image_emb)
+    all_texts, _ = gather_with_grad(text_emb)
+    return symmetric_cross_entropy(inv_temperature * image_emb @ all_texts.T, inv_temperature * text_emb @ all_images.T, offset)
 
 
 def _check_alignment_options(sparsity: bool, weights: str) -> None:
@@ -124,13 +149,13 @@ def _drop_trailing_padding(token_emb: torch.Tensor, token_mask: torch.Tensor) ->
     return token_emb[:, :keep], mask[:, :keep]
 
 
-def _real_token_count(mask: torch.Tensor) -> torch.Tensor:
+def _real_token_count(mask: torch.Tensor, distributed: bool = True) -> torch.Tensor:
     """The Listing 1 normaliser: the batch's number of real tokens. Distributed: the global batch's count over the world size, so that
     the mean over ranks (what DDP's gradient averaging computes) is the global batch's token mean."""
     import torch.distributed as dist
 
     count = mask.sum().to(torch.float64)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(count)
         count = count / dist.get_world_size()
     return count.clamp(min=1)
@@ -144,8 +169,12 @@ def sparc_fine_grained_loss(
     *,
     sparsity: bool = True,
     weights: str = "sparse",
+    distributed: bool = True,
 ) -> torch.Tensor:
     """SPARC's fine-grained loss (paper Eqs. 2-6, Listing 1): per sample, no other batch items involved.
+
+    `distributed` False: normalise by this batch's real tokens even inside a process group (a per-sample probe,
+    as the grounding diagnostics take it); True: a training loss, normalised over the global batch under DDP.
 
     token_emb [B, L, D] and patch_emb [B, P, D] are the unnormalised adapter outputs g_t(f_t), g_v(f_v);
     token_mask [B, L] is True on real tokens. Each token's language-grouped vision embedding
@@ -159,7 +188,7 @@ def sparc_fine_grained_loss(
     logits_l2v = torch.einsum("bmd,bnd->bmn", tokens, grouped) * inv_temperature
     # Listing 1's second einsum, einsum('bmd,bnd->bmn', grouped, tokens), is this matrix transposed.
     logits_v2l = logits_l2v.transpose(1, 2)
-    n_real = _real_token_count(mask)
+    n_real = _real_token_count(mask, distributed)
     return 0.5 * (_sequence_cross_entropy(logits_l2v, mask, n_real) + _sequence_cross_entropy(logits_v2l, mask, n_real))
 
 
@@ -214,9 +243,8 @@ class SparcObjective(nn.Module):
         _check_alignment_options(sparsity, weights)
         if fine_tokens not in FINE_TOKENS:
             raise SparcEvalError(f"unknown fine_tokens {fine_tokens!r}; use one of {', '.join(FINE_TOKENS)}")
+        check_non_negative(lambda_g=lambda_g, lambda_f=lambda_f, lambda_images=lambda_images)
         self.lambda_g, self.lambda_f, self.sparsity, self.weights = float(lambda_g), float(lambda_f), bool(sparsity), weights
-        if lambda_images < 0:
-            raise SparcEvalError(f"lambda_images must be at least 0, got {lambda_images}")
         self.fine_tokens, self.lambda_images = fine_tokens, float(lambda_images)
 
     def forward(self, out: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -264,11 +292,18 @@ class ClipObjective(nn.Module):
 # `sparc_eval.objectives` entry-point group (sparc_eval.registry). An objective is an nn.Module whose
 # forward maps the model's outputs (SparcModel.forward) to named loss parts with "total" among them,
 # and whose describe() names every choice it makes; its constructor's keyword arguments are its options.
+# Optional: `MODEL_CONFIG` (model options the objective needs, e.g. PACL's local head: parts the evaluated model
+# uses live in the model and its weights file) and `setup(model)` (makes the objective's own trainable state,
+# e.g. MGCA's prototypes: trained with the model, saved in objective.safetensors, read only by --resume).
 OBJECTIVES: Registry[type[nn.Module]] = Registry(
     "objective",
     {
         "clip": "sparc_eval.models.objectives:ClipObjective",
         "sparc": "sparc_eval.models.objectives:SparcObjective",
+        "filip": "sparc_eval.models.objective_filip:FilipObjective",
+        "pacl": "sparc_eval.models.objective_pacl:PaclObjective",
+        "gloria": "sparc_eval.models.objective_gloria:GloriaObjective",
+        "mgca": "sparc_eval.models.objective_mgca:MgcaObjective",
     },
 )
 

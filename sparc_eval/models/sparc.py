@@ -48,7 +48,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-_OVERRIDE_KEYS = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")
+_OVERRIDE_KEYS = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "local_head")
+# The local dense head (what fine-grained losses align): "linear" is g_v alone; "linear+mlp" adds a non-linear
+# branch, g_v(x) + MLP(x), PACL's residual vision embedder (models/objective_pacl.py).
+LOCAL_HEADS = ("linear", "linear+mlp")
 
 
 def resolve_config(arch: str, **overrides: Any) -> dict[str, Any]:
@@ -72,6 +75,9 @@ def resolve_config(arch: str, **overrides: Any) -> dict[str, Any]:
     unknown = sorted(set(overrides) - set(_OVERRIDE_KEYS))
     if unknown:
         raise SparcEvalError(f"unknown model override {unknown[0]!r}; known: {', '.join(_OVERRIDE_KEYS)}")
+    local_head = overrides.pop("local_head", "linear")
+    if local_head not in LOCAL_HEADS:
+        raise SparcEvalError(f"unknown local head {local_head!r}; use one of {', '.join(LOCAL_HEADS)}")
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value} if key.endswith("_cfg") else value
 
@@ -98,6 +104,7 @@ def resolve_config(arch: str, **overrides: Any) -> dict[str, Any]:
         "vision_cfg": vision,
         "text_cfg": text,
         "h_v": "linear+gelu",
+        "local_head": local_head,
         "init_logit_scale": INIT_LOGIT_SCALE,
         "preprocess": {
             "size": image_size,
@@ -151,6 +158,12 @@ class SparcModel(nn.Module):
         self.g_t = nn.Linear(width_t, embed_dim, bias=False)
         nn.init.normal_(self.g_v.weight, std=width_v**-0.5)
         nn.init.normal_(self.g_t.weight, std=width_t**-0.5)
+        # Configs written before local heads existed have none: g_v alone.
+        self.local_mlp = (
+            nn.Sequential(nn.Linear(width_v, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim))
+            if config.get("local_head", "linear") == "linear+mlp"
+            else None
+        )
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config["init_logit_scale"])))
 
         self.tokenizer = open_clip.SimpleTokenizer(context_length=config["tokenizer"]["context_length"])
@@ -174,9 +187,27 @@ class SparcModel(nn.Module):
         return patches
 
     def token_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """f_t: token features [B, L, width] after the tower's final LayerNorm."""
-        _, feats = self.text(tokens)
-        return feats
+        """f_t: token features [B, L, width] after the tower's final LayerNorm.
+
+        Causal (open_clip's default): each token sees the tokens before it. Bidirectional (text_cfg
+        no_causal_mask): each token sees every token up to and including the end marker, never the padding
+        after it (open_clip's own pad mask would also hide real '!' tokens, whose id is the padding id 0).
+        """
+        if self.text.attn_mask is not None:
+            _, feats = self.text(tokens)
+            return feats
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        has_eot = tokens == self.tokenizer.eot_token_id
+        end = torch.where(has_eot.any(1), has_eot.int().argmax(1), tokens.shape[1] - 1)
+        padded = positions[None, :] > end[:, None]  # [B, L] keys that no query may see
+        x = self.text.token_embedding(tokens) + self.text.positional_embedding[: tokens.shape[1]]
+        mask = torch.zeros(padded.shape, dtype=x.dtype, device=x.device).masked_fill(padded, float("-inf"))
+        mask = mask[:, None, :].expand(-1, tokens.shape[1], -1).repeat_interleave(self.text.heads, 0)
+        return self.text.ln_final(self.text.transformer(x, attn_mask=mask))
+
+    def local_embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """The local dense head: g_v(f_v), plus PACL's non-linear branch when the model has one."""
+        return self.g_v(patches) if self.local_mlp is None else self.g_v(patches) + self.local_mlp(patches)
 
     def text_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         return text_token_mask(tokens, self.tokenizer.eot_token_id)
@@ -191,7 +222,7 @@ class SparcModel(nn.Module):
         return {
             "image_emb": F.normalize(self.g_v(self.h_v(patches.mean(1))), dim=-1),
             "text_emb": F.normalize(self.g_t(_masked_mean(feats, mask)), dim=-1),
-            "patch_emb": self.g_v(patches),
+            "patch_emb": self.local_embed(patches),
             "token_emb": self.g_t(feats),
             "token_mask": mask,
             "tokens": tokens,
@@ -214,7 +245,7 @@ class SparcModel(nn.Module):
         if head == "global":
             dense = self.g_v(self.h_v(patches))
         elif head == "local":
-            dense = self.g_v(patches)
+            dense = self.local_embed(patches)
         else:
             raise SparcEvalError(f"unknown dense head {head!r}; use 'global' or 'local'")
         return dense, tuple(self.visual.grid_size)
@@ -238,8 +269,11 @@ class SparcModel(nn.Module):
             "objective": prov.get("objective"),
             "dense_heads": {
                 "global": "g_v(h_v(patch)) (paper App. D.7)",
-                "local": "g_v(patch) (aligned by the fine-grained loss)",
+                "local": "g_v(patch) (aligned by the fine-grained loss)"
+                if self.local_mlp is None
+                else "g_v(patch) + MLP(patch) (PACL's vision embedder, aligned by its patch-level loss)",
             },
+            "text_attention": "causal" if self.text.attn_mask is not None else "bidirectional (padding masked)",
             "embed_dim": self.config["embed_dim"],
             "image_size": self.config["preprocess"]["size"],
             "patch_grid": list(self.visual.grid_size),

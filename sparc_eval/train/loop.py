@@ -39,17 +39,31 @@ from sparc_eval.models.objectives import build_objective, sparc_alignment_weight
 from sparc_eval.models.sparc import MAX_LOGIT_SCALE, create_model
 from sparc_eval.progress import console as progress_console
 from sparc_eval.progress import make_progress
-from sparc_eval.provenance import git_revision, package_versions
+from sparc_eval.provenance import git_revision, numerics, package_versions
 from sparc_eval.train.batches import PairBatches
 from sparc_eval.train.curves import plot_loss_curves
+from sparc_eval.train.objective_state import load_objective_state, write_objective_state
 from sparc_eval.train.state import load_train_state, save_train_state
 
 BETAS = (0.9, 0.98)
 EPS = 1e-6
 LOG_FILE = "train_log.jsonl"
+TEXT_ATTENTION = ("causal", "bidirectional")
 CURVE_FILE = "loss_curve.png"
 # Settings a resumed run must share with the run it continues (log/save cadence and world size may change).
-_RUN_KEYS = ("arch", "objective", "steps", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "seed", "bf16")
+_RUN_KEYS = (
+    "arch",
+    "text_attention",
+    "objective",
+    "steps",
+    "batch_size",
+    "lr",
+    "warmup",
+    "weight_decay",
+    "grad_clip",
+    "seed",
+    "bf16",
+)
 
 
 @dataclass
@@ -59,6 +73,7 @@ class TrainConfig:
     arch: str = "tiny"
     objective: str = "sparc"
     objective_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"lambda_f": 5.0, "sparsity": False}
+    text_attention: str = "causal"  # "causal" (open_clip's text tower) or "bidirectional" (padding masked)
     steps: int = 1000
     batch_size: int = 64
     lr: float = 5e-4
@@ -81,6 +96,8 @@ class TrainConfig:
                 raise SparcEvalError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if not self.lr > 0:
             raise SparcEvalError(f"--lr must be positive, got {self.lr}")
+        if self.text_attention not in TEXT_ATTENTION:
+            raise SparcEvalError(f"--text-attention must be one of {', '.join(TEXT_ATTENTION)}, got {self.text_attention!r}")
         for name in ("weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise SparcEvalError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
@@ -127,12 +144,37 @@ def train_step(
     parts = objective(out)
     optimizer.zero_grad(set_to_none=True)
     parts["total"].backward()
+    _average_objective_grads(objective)
     if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        nn.utils.clip_grad_norm_([*model.parameters(), *objective.parameters()], grad_clip)
     optimizer.step()
     with torch.no_grad():
         _unwrap(model).log_logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
     return parts, out
+
+
+def _average_objective_grads(objective: nn.Module) -> None:
+    """An objective's own parameters (MGCA's prototypes) sit outside DDP: average their gradients over ranks here."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for param in objective.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad /= dist.get_world_size()
+
+
+def build_model_and_objective(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The objective, and a fresh model with the parts it needs (its MODEL_CONFIG) and the text attention asked
+    for; then the objective's own state (setup), drawn from the seeded RNG after the model's."""
+    objective = build_objective(cfg.objective, **cfg.objective_options)
+    overrides: dict[str, Any] = dict(getattr(objective, "MODEL_CONFIG", {}))
+    if cfg.text_attention == "bidirectional":
+        overrides["text_cfg"] = {"no_causal_mask": True}
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, **overrides)
+    if hasattr(objective, "setup"):
+        objective.setup(model)
+    return model.to(device), objective.to(device)
 
 
 @torch.no_grad()
@@ -184,6 +226,7 @@ def _mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, f
 def _run_settings(cfg: TrainConfig, objective: nn.Module) -> dict[str, Any]:
     return {
         "arch": cfg.arch,
+        "text_attention": cfg.text_attention,
         "objective": objective.describe(),
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
@@ -218,11 +261,9 @@ def train(cfg: TrainConfig) -> Path | None:
             f"{periodic} holds checkpoints of an unfinished run; pass --resume to continue it or remove the folder"
         )
     device = _pick_device(cfg)
-    objective = build_objective(cfg.objective, **cfg.objective_options)
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch).to(device)
+    model, objective = build_model_and_objective(cfg, device)
     batches = PairBatches(cfg.data, cfg.batch_size, cfg.seed, transform=model.preprocess)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(nn.ModuleList([model, objective]), cfg)
     settings = _run_settings(cfg, objective)
     data_card = batches.describe()
 
@@ -230,6 +271,7 @@ def train(cfg: TrainConfig) -> Path | None:
     resume_from = _latest_periodic(periodic) if cfg.resume else None
     if resume_from is not None:
         start, rows, elapsed_before = _resume(resume_from, model, optimizer, settings, data_card)
+        load_objective_state(objective, resume_from)
     elif cfg.resume and int(os.environ.get("RANK", "0")) == 0:
         progress_console.print(f"nothing to resume in {periodic}: starting at step 0", highlight=False)
 
@@ -264,6 +306,7 @@ def train(cfg: TrainConfig) -> Path | None:
                 "provenance": {
                     "git_revision": git_revision(),
                     "versions": package_versions(),
+                    "numerics": numerics(),  # what besides the seed decides the weights' bits (README)
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 },
             }
@@ -314,13 +357,20 @@ def train(cfg: TrainConfig) -> Path | None:
                     progress.advance(task)
                 if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps and rank == 0:
                     _save_periodic(
-                        periodic, done, model, optimizer, card(done, elapsed_before + time.perf_counter() - t_start), rows
+                        periodic,
+                        done,
+                        model,
+                        objective,
+                        optimizer,
+                        card(done, elapsed_before + time.perf_counter() - t_start),
+                        rows,
                     )
         if rank == 0:
             options = ", ".join(f"{k} {v}" for k, v in objective.describe().items() if k != "name")
             title = f"{cfg.objective} ({options or 'global loss only'}) | {cfg.arch}, batch {cfg.batch_size}, {cfg.steps} steps"
             with atomic_folder(out) as tmp:
                 write_checkpoint_files(tmp, model, **card(cfg.steps, elapsed_before + time.perf_counter() - t_start))
+                write_objective_state(tmp, objective)
                 write_jsonl_atomic(tmp / LOG_FILE, rows)
                 plot_loss_curves(rows, tmp / CURVE_FILE, title)
             shutil.rmtree(periodic, ignore_errors=True)
@@ -333,12 +383,19 @@ def train(cfg: TrainConfig) -> Path | None:
 
 
 def _save_periodic(
-    folder: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, card: dict, rows: list[dict]
+    folder: Path,
+    step: int,
+    model: nn.Module,
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    card: dict,
+    rows: list[dict],
 ) -> None:
     """Write step_NNNNNNN/ (a loadable checkpoint plus optimizer/RNG state and the log so far), then drop older ones."""
     target = folder / f"step_{step:07d}"
     with atomic_folder(target) as tmp:
         write_checkpoint_files(tmp, model, **card)
+        write_objective_state(tmp, objective)
         save_train_state(tmp, optimizer, {"step": step, "schedule": {"kind": "warmup-cosine", "next_step": step}})
         write_jsonl_atomic(tmp / LOG_FILE, rows)
     for old in folder.iterdir():
@@ -354,6 +411,8 @@ def _resume(
 
     config = read_config(folder)
     saved = config.get("training", {})
+    if not isinstance(saved, dict) or not isinstance(config.get("data", {}), dict):
+        raise SparcEvalError(f"cannot resume from {folder}: its config.json has no training and data sections")
     for key in _RUN_KEYS:
         if saved.get(key) != settings[key]:
             raise SparcEvalError(
@@ -363,7 +422,12 @@ def _resume(
         raise SparcEvalError(f"cannot resume from {folder}: its training data differs from {data_card['pairs_file']}")
     weights = folder / "model.safetensors"
     load_state_dict_checked(model, read_safetensors(weights), weights, settings["arch"])
-    info = load_train_state(folder, optimizer)
+    info = load_train_state(folder, optimizer, steps=settings["steps"])
     log = folder / LOG_FILE
-    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()] if log.is_file() else []
-    return int(info["step"]), rows, float(saved.get("train_seconds", 0.0))
+    try:
+        lines = log.read_text(encoding="utf-8").splitlines() if log.is_file() else []
+        rows = [json.loads(line) for line in lines if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SparcEvalError(f"cannot resume from {folder}: {log} does not read ({exc})") from None
+    seconds = saved.get("train_seconds", 0.0)
+    return info["step"], rows, float(seconds) if isinstance(seconds, (int, float)) else 0.0
