@@ -1,0 +1,133 @@
+"""The SPARC paper's like-for-like comparison on SynthScenes: CLIP, SPARC, FILIP, PACL, GLoRIA and MGCA, each
+trained from its checkpoint card (same towers, data, steps, batch, learning rate; only the objective differs)
+on several seeds, scored on every SynthScenes task card, and published with one row per recipe (mean, spread
+and number of seeds) in leaderboard/like-for-like/.
+
+Training always runs first and reuses what an earlier run left (checkpoints by recipe hash): every (card, seed),
+OUT/CHECKPOINTS.json mapping "card/seed" to its folder as soon as each one exists. Then the stages asked for,
+each reusing records whose inputs all match:
+  score     every checkpoint on every task card named synth-* (or tagged synthscenes)
+  det       synth-det once more with the backbone fine-tuned (train_backbone: true) for tiny-clip and tiny-sparc,
+            seed 0, into OUT/results-det-backbone (heads on a frozen backbone is the default protocol)
+  publish   the seed-aggregated table as page, Markdown and CSV, plus the per-seed CSV, into --publish-dir
+
+Training cost per recipe is read from each checkpoint's config.json (train_seconds) and printed with the table.
+
+Example: nice -n 10 python bench/like_for_like.py --seeds 0 1 --out runs/like-for-like --publish-dir leaderboard/like-for-like
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from sparc_eval.checkpoint_cards import ensure_checkpoint, load_checkpoint_card
+from sparc_eval.evaluation import run_evaluation
+from sparc_eval.fileio import write_json_atomic
+from sparc_eval.tasks.card import find_card, list_card_paths, load_card, write_card_variant
+
+CARDS = ("tiny-clip", "tiny-sparc", "tiny-filip", "tiny-pacl", "tiny-gloria", "tiny-mgca")
+STAGES = ("score", "det", "publish")
+DET_BACKBONE_CARDS = ("tiny-clip", "tiny-sparc")
+
+
+def synth_task_cards() -> list[Path]:
+    """Every task card on SynthScenes: named synth-* or tagged synthscenes."""
+    found = []
+    for path in list_card_paths():
+        card = load_card(path)
+        if card.name.startswith("synth-") or "synthscenes" in card.tags:
+            found.append(path)
+    return found
+
+
+def train_all(cards: list[str], seeds: list[int], root: Path, data_dir: Path, index: Path) -> dict[str, Path]:
+    """Train (or reuse) every (card, seed), seed-major so that both seeds of the first cards come first."""
+    done: dict[str, str] = json.loads(index.read_text()) if index.is_file() else {}
+    folders: dict[str, Path] = {}
+    order = [(c, s) for s in seeds for c in cards[:2]] + [(c, s) for s in seeds for c in cards[2:]]
+    for name, seed in order:
+        card = load_checkpoint_card(name).with_overrides(train={"seed": seed})
+        start = time.perf_counter()
+        folder = ensure_checkpoint(card, root=root, data_dir=data_dir)
+        folders[f"{name}/{seed}"] = folder
+        done[f"{name}/{seed}"] = str(folder.resolve())
+        write_json_atomic(index, dict(sorted(done.items())))
+        print(f"trained {name} seed {seed} in {time.perf_counter() - start:.0f}s: {folder}", flush=True)
+    return folders
+
+
+def score_all(folders: dict[str, Path], tasks: list[Path], results: Path, data_dir: Path) -> None:
+    for key, folder in folders.items():
+        for task in tasks:
+            start = time.perf_counter()
+            evaluation = run_evaluation(str(folder), task, out=results, data_dir=data_dir)
+            shown = ", ".join(
+                f"{k} {'n/a' if m.value is None else f'{m.value:.4g}'}" for k, m in evaluation.record.metrics.items()
+            )
+            reused = " (reused)" if evaluation.reused else f" ({time.perf_counter() - start:.0f}s)"
+            print(f"{key} {task.stem}{reused}: {shown}", flush=True)
+
+
+def det_with_trained_backbone(folders: dict[str, Path], out: Path, data_dir: Path) -> None:
+    card = write_card_variant(
+        find_card("synth-det"),
+        out / "tasks" / "synth-det.yaml",
+        "synth-det with the backbone fine-tuned end to end with the heads (bench/like_for_like.py, det stage).",
+        params={"train_backbone": True},
+    )
+    for name in DET_BACKBONE_CARDS:
+        evaluation = run_evaluation(str(folders[f"{name}/0"]), card, out=out / "results-det-backbone", data_dir=data_dir)
+        shown = ", ".join(f"{k} {'n/a' if m.value is None else f'{m.value:.4g}'}" for k, m in evaluation.record.metrics.items())
+        print(f"{name} seed 0 synth-det, backbone trained: {shown}", flush=True)
+
+
+def train_seconds(folders: dict[str, Path]) -> dict[str, list[float]]:
+    seconds: dict[str, list[float]] = {}
+    for key, folder in folders.items():
+        config = json.loads((folder / "config.json").read_text())
+        seconds.setdefault(key.split("/")[0], []).append(float(config["training"]["train_seconds"]))
+    return seconds
+
+
+def publish(results: Path, publish_dir: Path, folders: dict[str, Path]) -> None:
+    from sparc_eval.results.leaderboard import build_leaderboard
+    from sparc_eval.results.table import build_table, render_csv
+
+    title = "Like-for-like comparison on SynthScenes: six objectives, same towers, data and budget"
+    for path in build_leaderboard(results, publish_dir, title=title, per_seed=False).values():
+        print(f"wrote {path}", flush=True)
+    per_seed = publish_dir / "leaderboard-per-seed.csv"
+    per_seed.write_text(render_csv(build_table(results, layout="paper", per_seed=True)), encoding="utf-8")
+    print(f"wrote {per_seed}", flush=True)
+    for name, values in train_seconds(folders).items():
+        print(f"{name}: training {sum(values) / len(values):.0f}s per seed (n={len(values)}, loaded machine)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--cards", nargs="+", default=list(CARDS), metavar="CARD")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--out", type=Path, default=Path("runs/like-for-like"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--publish-dir", type=Path, default=Path("leaderboard/like-for-like"))
+    args = parser.parse_args()
+
+    index = args.out / "CHECKPOINTS.json"
+    folders = train_all(args.cards, args.seeds, args.out / "checkpoints", args.data_dir, index)  # reused when trained
+    if "score" in args.stages:
+        score_all(folders, synth_task_cards(), args.out / "results", args.data_dir)
+    if "det" in args.stages:
+        det_with_trained_backbone(folders, args.out, args.data_dir)
+    if "publish" in args.stages:
+        publish(args.out / "results", args.publish_dir, folders)
+
+
+if __name__ == "__main__":
+    main()
