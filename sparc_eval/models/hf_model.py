@@ -67,6 +67,7 @@ _TOKENIZER_FILES = (
     "spiece.model",
     "tokenizer.model",
 )
+_VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model", "vocab.txt")
 _PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 _SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -267,12 +268,16 @@ class HFModel(nn.Module):
                     local_files_only=True,
                     use_safetensors=not pickled,
                     output_loading_info=True,
+                    ignore_mismatched_sizes=True,  # report tensors of another shape in `info` (refused below) rather than raise
                     trust_remote_code=False,
                     **({"weights_only": False} if pickled else {}),  # reached only with trust_pickle
                 )
             except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
                 raise SparcEvalError(f"{where}: transformers could not load its {class_name} ({_first_line(exc)})") from None
             _check_loading_info(info, where, class_name)
+            # Without vocabulary files some tokenizer classes build a placeholder vocabulary instead of failing.
+            if not any((folder / name).is_file() for name in _VOCABULARY_FILES):
+                raise SparcEvalError(f"{where} has no tokenizer files (one of {', '.join(_VOCABULARY_FILES)})")
             try:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
             except Exception as exc:  # missing files, a class needing remote code or a missing backend: all one line
