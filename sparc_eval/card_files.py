@@ -18,7 +18,7 @@ from typing import Any
 
 from sparc_eval.builtin import builtin_dir
 from sparc_eval.errors import SparcEvalError
-from sparc_eval.fileio import read_yaml_mapping
+from sparc_eval.fileio import inside, read_yaml_mapping
 from sparc_eval.schema import NAME_PATTERN, is_name
 
 CARDS_ENV = "SPARC_EVAL_CARDS"
@@ -69,10 +69,17 @@ def read_card(path: Path, kind: str | None = None) -> tuple[str, dict[str, Any]]
     """(kind, top-level mapping) of the card file `path`, bounded (fileio.read_yaml_mapping); when `kind` is given,
     a card of the other kind is an error naming the file."""
     raw = read_yaml_mapping(path, kind or "card")
-    found = card_kind(raw, path)
-    if kind is not None and found != kind:
-        raise SparcEvalError(f"{path} is a {found}, not a {kind}")
-    return found, raw
+    if kind is None:
+        return card_kind(raw, path), raw
+    other = CHECKPOINT if kind == TASK else TASK
+    if _KIND_KEY[other] in raw and _KIND_KEY[kind] not in raw:
+        raise SparcEvalError(f"{path} is a {other}, not a {kind}")
+    return kind, raw  # a card missing its kind's key is reported as such by its schema
+
+
+def _holds(path: Path, kind: str) -> bool:
+    """Whether card file `path` in a user folder is a card of `kind` (a broken file is an error naming it)."""
+    return card_kind(read_yaml_mapping(path, "card"), path) == kind
 
 
 def find_card_file(ref: str | os.PathLike, kind: str) -> Path:
@@ -89,8 +96,8 @@ def find_card_file(ref: str | os.PathLike, kind: str) -> Path:
         )
     for folder in search_dirs(kind):
         for suffix in SUFFIXES:
-            candidate = folder / f"{ref}{suffix}"
-            if candidate.is_file() and read_card(candidate)[0] == kind:
+            candidate = inside(folder, f"{ref}{suffix}", f"{kind} name")  # a name never leads out of its card folder
+            if candidate.is_file() and _holds(candidate, kind):
                 return candidate
     known = ", ".join(sorted(p.stem for p in list_card_files(kind))) or "none"
     raise SparcEvalError(f"unknown {kind.split()[0]} {ref!r}; known {kind}s: {known}")
@@ -105,10 +112,12 @@ def list_card_files(kind: str | None = None) -> list[Path]:
         for folder in search_dirs(k):
             if not folder.is_dir():
                 continue
-            for path in sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and p.is_file()):
+            for path in sorted(
+                p for p in folder.iterdir() if p.suffix in SUFFIXES and not p.name.startswith(".") and p.is_file()
+            ):
                 if (k, path.stem) in seen:
                     continue
-                if folder in user_card_dirs() and read_card(path)[0] != k:
+                if folder in user_card_dirs() and not _holds(path, k):
                     continue
                 seen[(k, path.stem)] = path
     return [seen[key] for key in sorted(seen)]

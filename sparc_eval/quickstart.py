@@ -1,7 +1,7 @@
 """`sparc-eval quickstart`: the main job, end to end on a CPU.
 
 Generates SynthScenes, trains tiny-clip and tiny-sparc from their checkpoint cards (same data, steps
-and seed; reused when already trained), scores both on every `synth-*` task card, prints the
+and seed; reused when already trained), scores both on every task card tagged `quickstart`, prints the
 comparison table and builds the leaderboard. `fast=True` is a seconds-long smoke run of the same
 path: a tiny SynthScenes tree for training and for every task, a few training steps, and a sample
 limit; its numbers mean nothing and its task cards (written beside the results) say so by their hash.
@@ -17,13 +17,14 @@ from typing import Any
 from rich.console import Console
 
 from sparc_eval.checkpoint_cards import ensure_checkpoint, load_checkpoint_card
+from sparc_eval.errors import SparcEvalError
 from sparc_eval.evaluation import DEFAULT_DATA_DIR, run_evaluation
 from sparc_eval.results.leaderboard import build_leaderboard
 from sparc_eval.results.table import build_table, render_rich
 from sparc_eval.tasks.card import list_card_paths, load_card, write_card_variant
 
 CHECKPOINT_CARDS = ("tiny-clip", "tiny-sparc")
-TASK_PREFIX = "synth-"
+TASK_TAG = "quickstart"  # the task cards the quickstart scores carry this tag (docs/cards.md)
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,12 @@ class QuickstartResult:
     seconds: dict[str, float]  # per stage
 
 
-def synth_task_cards(out: Path, profile: Profile) -> list[Path]:
-    """The `synth-*` task cards: as shipped, or (fast profile) copies on the profile's SynthScenes tree and params."""
-    paths = [p for p in list_card_paths() if p.stem.startswith(TASK_PREFIX)]
+def quickstart_task_cards(out: Path, profile: Profile) -> list[Path]:
+    """The task cards tagged `quickstart`: as shipped, or (fast profile) copies on the profile's SynthScenes tree
+    and params."""
+    paths = [p for p in list_card_paths() if TASK_TAG in load_card(p).tags]
+    if not paths:
+        raise SparcEvalError(f"no task card carries the tag {TASK_TAG!r}; see `sparc-eval tasks --tag {TASK_TAG}`")
     if profile.synthscenes is None and not profile.task_params:
         return paths
     note = "on quickstart --fast's tiny SynthScenes tree (smoke run only)."
@@ -88,7 +92,7 @@ def run_quickstart(
         seconds[f"train {card.name}"] = time.perf_counter() - start
         console.print(f"{card.name}: {checkpoints[card.name]}", highlight=False)
 
-    tasks = synth_task_cards(out, profile)
+    tasks = quickstart_task_cards(out, profile)
     for task in tasks:
         card = load_card(task)
         start = time.perf_counter()

@@ -90,7 +90,9 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
 def one_line(exc: ValidationError, model: type[BaseModel] | None = None, label: str = "key") -> str:
     """The first error of `exc` as one sentence naming the key: `unknown key 'x' (allowed: ...)`, `missing key 'x'`,
     or `key 'x' has value V: why`. `label` replaces the word "key" (e.g. "params key", "reader option")."""
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # An unknown key first: it is usually a misspelt one, and then also the cause of a "missing key".
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc)
     if not loc:

@@ -57,11 +57,14 @@ def test_recipe_hash_follows_the_recipe_not_the_prose(tmp_path):
 @pytest.mark.parametrize(
     "edit, needle",
     [
-        (("train:", "trian:"), "unknown key 'trian'"),
-        (("steps: 2", "steps: two"), "train 'steps' has value 'two'"),
+        (("\ntrain:", "\ntrian:"), "unknown key 'trian'"),
+        (("steps: 2", "steps: two"), "train key 'steps' has value 'two'"),
         (("steps: 2", "steps: 2, out: /tmp/x"), "unknown train key 'out'"),
-        (("seed: 0, n_train", "seed: 0, n_test: 5, n_train"), "'synthscenes' takes only"),
-        (("version: 1", "version: one"), "'version' must be an integer"),
+        (("seed: 0, n_train", "seed: 0, n_test: 5, n_train"), "unknown key 'synthscenes.n_test'"),
+        (("version: 1", "version: one"), "key 'version' has value 'one'"),
+        (("version: 1", "version: true"), "key 'version' has value True"),
+        (("n_train: 96", "n_train: many"), "key 'synthscenes.n_train' has value 'many'"),
+        (("name: mini-clip", "name: ../mini-clip"), "a name, not a path"),
         (("name: mini-clip\n", ""), "missing key 'name'"),
     ],
 )
@@ -73,7 +76,7 @@ def test_bad_cards_are_one_sentence_errors(tmp_path, edit, needle):
 
 
 def test_unknown_card_names_the_known_ones():
-    with pytest.raises(SparcEvalError, match="known cards: .*tiny-clip"):
+    with pytest.raises(SparcEvalError, match="known checkpoint cards: .*tiny-clip"):
         load_checkpoint_card("no-such-card")
 
 
@@ -101,12 +104,13 @@ def test_card_reference_trains_once_then_reuses(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_quickstart_fast_end_to_end(tmp_path):
-    from sparc_eval.tasks.card import list_card_paths
+    from sparc_eval.tasks.card import list_card_paths, load_card
 
     out = tmp_path / "quick"
     result = run_cli("quickstart", "--fast", "--out", out, "--data-dir", tmp_path / "data")
     assert result.code == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    tasks = sorted(p.stem for p in list_card_paths() if p.stem.startswith("synth-"))
+    tasks = sorted(p.stem for p in list_card_paths() if "quickstart" in load_card(p).tags)
+    assert {"synth-cls", "synth-retrieval", "synth-seg", "synth-det", "synth-kprecision", "synth-grounding"} <= set(tasks)
     records = sorted((out / "results").rglob("*.record.json"))
     seen = sorted(
         (json.loads(r.read_text())["checkpoint"]["ref"].split("/")[-1], json.loads(r.read_text())["task"]["name"])

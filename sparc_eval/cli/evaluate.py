@@ -7,24 +7,33 @@ from pathlib import Path
 import typer
 
 from sparc_eval.cli.app import app, console
+from sparc_eval.cli.cards import cards_option, use_cards
 
 
 @app.command("tasks")
-def tasks_list(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """List the task cards with their runner, dataset and metrics.
+def tasks_list(
+    tag: list[str] = typer.Option([], "--tag", help="Only cards carrying this tag; repeat to require several."),
+    cards: list[Path] = cards_option(),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the task cards with their runner, dataset, metrics and tags.
 
-    Example: sparc-eval tasks
+    Example: sparc-eval tasks --tag quickstart
     """
     import json
 
+    from rich.markup import escape
     from rich.table import Table
 
     from sparc_eval.tasks.card import list_card_paths, load_card
     from sparc_eval.tasks.runner import get_runner
 
+    use_cards(cards)
     rows = []
     for path in list_card_paths():
         card = load_card(path)
+        if not set(tag) <= set(card.tags):
+            continue
         runner = get_runner(card.runner, card.path)
         rows.append(
             {
@@ -33,17 +42,19 @@ def tasks_list(json_out: bool = typer.Option(False, "--json", help="Print JSON i
                 "runner": card.runner,
                 "dataset": f"{card.dataset.format}:{card.dataset.root} [{card.dataset.split}]",
                 "metrics": list(runner.metrics),
+                "tags": list(card.tags),
                 "path": str(card.path),
             }
         )
     if json_out:
         console.print_json(json.dumps(rows))
         return
-    table = Table(title="task cards")
-    for column in ("name", "version", "runner", "dataset", "metrics"):
+    table = Table(title="task cards" + (f" tagged {', '.join(tag)}" if tag else ""))
+    for column in ("name", "version", "runner", "dataset", "metrics", "tags"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], str(row["version"]), row["runner"], row["dataset"], ", ".join(row["metrics"]))
+        lists = (", ".join(row["metrics"]), ", ".join(row["tags"]))
+        table.add_row(*map(escape, (row["name"], str(row["version"]), row["runner"], row["dataset"], *lists)))
     console.print(table)
 
 
@@ -53,8 +64,9 @@ def run(
     ckpt: str = typer.Option(
         ...,
         "--ckpt",
-        help="Checkpoint: a sparc-eval checkpoint folder, a checkpoint card (.yaml), openclip:ARCH, openclip:ARCH@FILE.",
+        help="Checkpoint: a sparc-eval checkpoint folder, a checkpoint card (card:NAME or a .yaml path), openclip:ARCH, openclip:ARCH@FILE.",
     ),
+    cards: list[Path] = cards_option(),
     out: Path = typer.Option(Path("results"), "--out", help="Results folder."),
     data_dir: Path = typer.Option(
         Path("data"),
@@ -96,6 +108,7 @@ def run(
     from sparc_eval.results.record import direction_arrow
     from sparc_eval.tasks.distributed import current_world
 
+    use_cards(cards)
     evaluations = [
         run_evaluation(
             ckpt,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from sparc_eval.cli.app import app, console
+from sparc_eval.cli.cards import cards_option, use_cards
 
 
 @app.command("quickstart")
@@ -18,14 +19,20 @@ def quickstart(
     data_dir: Path = typer.Option(
         Path("data"), "--data-dir", envvar="SPARC_EVAL_DATA", help="Where SynthScenes is generated (reused when present)."
     ),
+    cards: list[Path] = cards_option(),
 ) -> None:
     """The main job: generate SynthScenes, train tiny-clip and tiny-sparc (same data, steps, seed), score both on
-    every synth-* task, print the comparison table and build the leaderboard. Under 10 minutes on 2 CPU cores.
+    every task card tagged `quickstart`, print the comparison table and build the leaderboard. Under 10 minutes on
+    2 CPU cores.
 
     Example: sparc-eval quickstart --out runs/quick
     """
+    from sparc_eval.cli import checks
     from sparc_eval.quickstart import run_quickstart
 
+    use_cards(cards)
+    checks.output_folder("--out", out, free_mib=128)
+    checks.data_folder("--data-dir", data_dir)
     result = run_quickstart(out, fast=fast, data_dir=data_dir, console=console)
     for stage, seconds in result.seconds.items():
         console.print(f"{stage}: {seconds:.1f} s", highlight=False)
