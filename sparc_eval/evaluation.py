@@ -32,7 +32,7 @@ from sparc_eval.results.record import (
     write_record,
 )
 from sparc_eval.tasks.card import TaskCard, load_card
-from sparc_eval.tasks.distributed import default_num_workers, world_from_env
+from sparc_eval.tasks.distributed import SINGLE, default_num_workers, world_from_env
 from sparc_eval.tasks.feature_cache import FeatureCache, default_cache_dir, model_id
 from sparc_eval.tasks.runner import RunContext, get_runner, seed_everything
 
@@ -113,6 +113,7 @@ def run_evaluation(
     force: bool = False,
     trust_pickle: bool = False,
     cache: bool = True,
+    distributed: bool = True,
 ) -> Evaluation:
     """Score checkpoint `ckpt` on task `task` (card name or path).
 
@@ -123,8 +124,9 @@ def run_evaluation(
     Nothing is written unless the whole evaluation succeeds.
 
     Under torchrun every process calls this; each scores its slice of the split and rank 0 alone writes the
-    record (sparc_eval.tasks.distributed). `num_workers` None: default_num_workers(). `cache` False bypasses
-    the feature cache (sparc_eval.tasks.feature_cache).
+    record (sparc_eval.tasks.distributed); `distributed` False scores on this process alone even under torchrun
+    (e.g. rank 0 during training). `num_workers` None: default_num_workers(). `cache` False bypasses the
+    feature cache (sparc_eval.tasks.feature_cache).
     """
     if precision not in ("fp32", "bf16"):
         raise SparcEvalError(f"unknown precision {precision!r}; use fp32 or bf16")
@@ -137,7 +139,7 @@ def run_evaluation(
     params = card.runner_params
     check_requirements(card, ckpt)
     dev = resolve_device(device)
-    world = world_from_env(dev.type)
+    world = world_from_env(dev.type) if distributed else SINGLE
     if world.backend == "nccl" and dev.index is None:
         dev = torch.device("cuda", world.local_rank)  # one GPU per process
     num_workers = default_num_workers(world) if num_workers is None else num_workers

@@ -80,16 +80,21 @@ def softmax_alignment_weights(
     return (torch.einsum("btd,bpd->btp", tok, patch) * inv_temperature).softmax(dim=-1)
 
 
-def position_residuals(patch_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def position_residuals(
+    patch_emb: torch.Tensor, means: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image squared residuals (float64 [N] each) about the per-position means and about the grand mean.
 
     patch_emb [N, P, D]. Summed over images they give position R^2 = 1 - within.sum() / total.sum().
+    `means` = (per-position mean [P, D], grand mean [D]) of a larger set these images belong to (e.g. the
+    whole split when each process holds a slice); by default those of patch_emb itself.
     """
     if patch_emb.ndim != 3:
         raise ValueError(f"patch embeddings must be [N, P, D], got shape {tuple(patch_emb.shape)}")
     x = patch_emb.double()
-    within = (x - x.mean(dim=0, keepdim=True)).square().sum(dim=(1, 2))
-    total = (x - x.mean(dim=(0, 1), keepdim=True)).square().sum(dim=(1, 2))
+    position_mean, grand_mean = (x.mean(dim=0), x.mean(dim=(0, 1))) if means is None else means
+    within = (x - position_mean.double()).square().sum(dim=(1, 2))
+    total = (x - grand_mean.double()).square().sum(dim=(1, 2))
     return within, total
 
 

@@ -140,13 +140,23 @@ class Captioner(nn.Module):
         x = self.decoder(x, latents, tgt_mask=causal, tgt_key_padding_mask=padding, tgt_is_causal=True)
         return self.norm(x) @ self.embed.weight.T  # output layer tied to the word embeddings
 
-    def loss(self, patches: torch.Tensor, image_index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced cross-entropy; targets [N, T] are word ids ending in EOS, PAD-filled; caption n describes image image_index[n]."""
+    def loss(
+        self, patches: torch.Tensor, image_index: torch.Tensor, targets: torch.Tensor, normaliser: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced cross-entropy; targets [N, T] are word ids ending in EOS, PAD-filled; caption n describes image image_index[n].
+
+        The mean over the batch's real target words, or their sum / `normaliser` (under DDP: the global batch's
+        word count over the world size, so that DDP's mean over ranks is the global batch's mean).
+        """
         latents = self.resampler(patches)[image_index]
         inputs = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
         inputs = inputs.masked_fill(inputs == EOS, PAD)  # EOS is never an input; the slot after it is padding
         logits = self.logits(inputs, latents)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD)
+        if normaliser is None:
+            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, reduction="sum") / normaliser
+
+    forward = loss  # DistributedDataParallel hooks forward: a fit calls the (wrapped) captioner for its loss
 
     @torch.no_grad()
     def generate(self, patches: torch.Tensor) -> list[list[int]]:

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader
 
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import write_json_atomic
 from sparc_eval.progress import make_progress, track
 from sparc_eval.tasks.caption_scores import mean_scores, score_captions, scoring_info
 from sparc_eval.tasks.captioner import (
+    PAD,
     Captioner,
     CaptionerConfig,
     Vocabulary,
@@ -78,7 +78,7 @@ class CaptioningRunner(Runner):
 
     def _patches(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.ctx.autocast():
-            patches, _ = model.encode_image_dense(images.to(self.ctx.device), head=self.params.head)
+            patches, _ = model.encode_image_dense(self.ctx.to_device(images), head=self.params.head)
         return patches.float()
 
     def _cache_file(self) -> Path:
@@ -91,25 +91,30 @@ class CaptioningRunner(Runner):
 
     def fit(self, model: torch.nn.Module) -> None:
         path = self._cache_file()
-        if path.is_file():
+        if self.ctx.world.all_true(path.is_file()):
             self.captioner, self.vocab, self.fit_info = load_captioner(path)
             self.fit_info["reused_cache"] = True
             return
-        p = self.params
+        if self.card.fit_dataset is None:
+            raise SparcEvalError(f"task card {self.card.path}: runner 'captioning' needs a fit_dataset to train the captioner on")
+        p, world = self.params, self.ctx.world
         dataset = self.open(self.card.fit_dataset, transform=model.preprocess)
         captions = [c for caps in dataset.captions for c in caps]
         vocab = Vocabulary.build(captions, p.min_word_count)
-        loader = DataLoader(
-            dataset,
-            batch_size=p.batch_size,
-            shuffle=True,
-            num_workers=self.ctx.num_workers,
-            collate_fn=_collate,
-            generator=torch.Generator().manual_seed(self.ctx.seed),
-        )
-        in_dim = self._patches(model, dataset[0]["image"][None]).shape[-1]
+        batches = self.ctx.fit_batches(len(dataset), p.batch_size)
+        weights = batches.weights()
+        probe = self._patches(model, self.ctx.to_device(dataset[0]["image"][None]))
+        if self.ctx.features_fit_in_memory(len(dataset), probe[0].numel()):
+            # The frozen backbone's patch embeddings of the fit split, encoded once (and cached), not once per epoch.
+            features = self.ctx.image_features(
+                model, dataset, lambda x: model.encode_image_dense(x, head=p.head)[0], f"dense-{p.head}", model.preprocess
+            )
+            steps = ((features[index], [dataset.captions[i] for i in index]) for _ in range(p.epochs) for index in batches)
+        else:
+            loader = self.ctx.fit_loader(batches, dataset, _collate)
+            steps = ((self._patches(model, images), caps) for _ in range(p.epochs) for images, _, caps in loader)
         cfg = CaptionerConfig(
-            in_dim=in_dim,
+            in_dim=probe.shape[-1],
             vocab_size=len(vocab),
             width=p.width,
             heads=p.heads,
@@ -121,29 +126,31 @@ class CaptioningRunner(Runner):
         )
         torch.manual_seed(self.ctx.seed)
         captioner = Captioner(cfg).to(self.ctx.device).train()
+        net = world.data_parallel(captioner)  # DDP under torchrun: each rank takes its slice of every global batch
         optimizer = torch.optim.AdamW(captioner.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        total = p.epochs * len(loader)
+        total = p.epochs * len(batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: cosine_lr(s, total, max(1, round(p.warmup_fraction * total)))
         )
         start, loss_value = time.perf_counter(), float("nan")
         with make_progress() as progress:
             bar = progress.add_task("fitting captioner", total=total, info="")
-            for epoch in range(p.epochs):
-                for images, _, caps in loader:
-                    patches = self._patches(model, images)
-                    seqs = [(i, vocab.encode(c, p.max_length)) for i, cs in enumerate(caps) for c in cs]
-                    index = torch.tensor([i for i, _ in seqs], device=self.ctx.device)
-                    targets = pad_targets([s for _, s in seqs]).to(self.ctx.device)
-                    with self.ctx.autocast():
-                        loss = captioner.loss(patches, index, targets)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(captioner.parameters(), 1.0)
-                    optimizer.step()
-                    schedule.step()
-                    loss_value = loss.item()
-                    progress.update(bar, advance=1, info=f"epoch {epoch + 1}/{p.epochs} loss {loss_value:.3f}")
+            for step_index, (patches, caps) in enumerate(steps):
+                weight = weights[step_index % len(weights)]  # 0.0: this rank's placeholder in a batch smaller than the world
+                patches = self.ctx.to_device(patches)
+                seqs = [(i, vocab.encode(c, p.max_length)) for i, cs in enumerate(caps) for c in cs]
+                index = torch.tensor([i for i, _ in seqs], device=self.ctx.device)
+                targets = pad_targets([s for _, s in seqs]).to(self.ctx.device)
+                normaliser = world.normaliser(weight * int((targets != PAD).sum()), self.ctx.device)
+                with self.ctx.autocast():
+                    loss = net(patches, index, targets, normaliser) * weight
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(captioner.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                loss_value = float(world.sum(loss.detach().double().cpu().reshape(1))[0])
+                progress.update(bar, advance=1, info=f"epoch {step_index // len(batches) + 1}/{p.epochs} loss {loss_value:.3f}")
         self.fit_info = {
             "train_images": len(dataset),
             "train_captions": len(captions),
@@ -152,12 +159,13 @@ class CaptioningRunner(Runner):
             "final_loss": round(loss_value, 4),
             "fit_seconds": round(time.perf_counter() - start, 1),
         }
-        save_captioner(path, captioner.eval(), vocab, self.fit_info)
+        if self.ctx.is_main:
+            save_captioner(path, captioner.eval(), vocab, self.fit_info)
         self.captioner, self.vocab = captioner.eval(), vocab
         self.fit_info["reused_cache"] = False
 
     def evaluate(self, model: torch.nn.Module) -> TaskOutput:
-        dataset = self.ctx.limited(self.open(self.card.dataset, transform=model.preprocess))
+        dataset = self.ctx.shard(self.open(self.card.dataset, transform=model.preprocess))  # this rank's slice
         loader = self.ctx.loader(dataset, _collate)
         self.captioner.to(self.ctx.device).eval()
         ids: list[Any] = []
@@ -170,10 +178,12 @@ class CaptioningRunner(Runner):
             ids += image_ids
             predictions += [self.vocab.decode(g) for g in generated]
             references += caps
+        ids, predictions, references = self.ctx.gather(ids), self.ctx.gather(predictions), self.ctx.gather(references)
         rows = score_captions(predictions, references, max_over_captions=self.params.max_over_captions)
         samples = [{"image_id": i, "prediction": pred, **row} for i, pred, row in zip(ids, predictions, rows)]
         captions_file = self.ctx.artifact("captions.json")
-        write_json_atomic(captions_file, [{"image_id": i, "caption": pred} for i, pred in zip(ids, predictions)])
+        if self.ctx.is_main:
+            write_json_atomic(captions_file, [{"image_id": i, "caption": pred} for i, pred in zip(ids, predictions)])
         dense = model.describe().get("dense_heads", {}).get(self.params.head, "not described by the model")
         info = {
             "head": self.params.head,

@@ -37,6 +37,7 @@ from sparc_eval.metrics.detection import coco_box_metrics, lvis_box_metrics
 from sparc_eval.progress import make_progress, track
 from sparc_eval.tasks.card import DatasetSpec
 from sparc_eval.tasks.detection_head import LossWeights, OwlHead, Target, detection_losses, hungarian_match, top_k_detections
+from sparc_eval.tasks.feature_cache import transform_id
 from sparc_eval.tasks.prompts import class_text_embeddings, resolve_templates
 from sparc_eval.tasks.runner import Runner, TaskOutput, resolve_root
 
@@ -87,7 +88,25 @@ def _padded_preprocess(preprocess, image: Image.Image) -> torch.Tensor:
 
 
 def _collate(items: list[dict]) -> dict[str, Any]:
-    return {"images": torch.stack([item["image"] for item in items]), "image_ids": [item["image_id"] for item in items]}
+    return {"image": torch.stack([item["image"] for item in items]), "image_id": [item["image_id"] for item in items]}
+
+
+def _epochs(batches, epochs: int):
+    """This rank's index batches of every epoch, in order."""
+    for _ in range(epochs):
+        yield from batches
+
+
+class _BackboneAndHead(torch.nn.Module):
+    """The model and the detection head as one module (train_backbone), so that one DDP wrapper averages both's gradients."""
+
+    def __init__(self, model: torch.nn.Module, head: OwlHead):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, images: torch.Tensor, dense_head: str, queries) -> tuple[torch.Tensor, torch.Tensor]:
+        dense, _ = self.model.encode_image_dense(images, head=dense_head)
+        return self.head(dense.float(), queries())
 
 
 @dataclass
@@ -284,11 +303,13 @@ class DetectionRunner(Runner):
         return class_text_embeddings(model, [classname(c) for c in categories], self.templates, self.ctx)
 
     def fit(self, model: torch.nn.Module) -> None:
+        p = self.params
+        if p.train_backbone:  # the fine-tuned model is no longer the checkpoint that feature-cache keys name
+            self.ctx.features = None
         head_file, backbone_file = self.ctx.cache_dir / HEAD_FILE, self.ctx.cache_dir / BACKBONE_FILE
-        if head_file.is_file():
+        if self.ctx.world.all_true(head_file.is_file()):
             self._load_cache(model, head_file, backbone_file)
             return
-        p = self.params
         transform = functools.partial(_padded_preprocess, model.preprocess)
         dataset = self.open(self.card.fit_dataset, transform=transform)
         gt = GroundTruth.of(dataset, self.card.fit_dataset)
@@ -305,8 +326,9 @@ class DetectionRunner(Runner):
 
         torch.manual_seed(self.ctx.seed)
         device = self.ctx.device
+        world = self.ctx.world
         with torch.no_grad():  # one image tells the embedding width and the patch grid
-            probe, grid = model.encode_image_dense(dataset[0]["image"].unsqueeze(0).to(device), head=p.dense_head)
+            probe, grid = model.encode_image_dense(self.ctx.to_device(dataset[0]["image"].unsqueeze(0)), head=p.dense_head)
         head = OwlHead(probe.shape[-1], *grid, init_logit_scale=float(model.logit_scale.detach())).to(device)
         groups = [{"params": list(head.parameters()), "lr": p.lr}]
         if p.train_backbone:
@@ -315,36 +337,77 @@ class DetectionRunner(Runner):
             groups.append({"params": [q for q in trainable if id(q) not in text_ids], "lr": p.backbone_lr})
             groups.append({"params": [q for q in trainable if id(q) in text_ids], "lr": p.text_lr})
         optimizer = torch.optim.AdamW(groups, weight_decay=p.weight_decay)
-        loader = self.ctx.loader(dataset, _collate, shuffle=True)
-        total = p.epochs * len(loader)
+        batches = self.ctx.fit_batches(len(dataset), self.ctx.batch_size)
+        weights = batches.weights()
+        total = p.epochs * len(batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
 
-        frozen_queries = None if p.train_backbone else self._queries(model, fit_categories).detach()
+        names = [classname(c) for c in fit_categories]
+        if p.train_backbone:
+            # One module, so that DDP averages the gradients of the backbone and the head alike; each step decodes
+            # its images and runs the text side afresh, so both towers get gradients.
+            net = world.data_parallel(_BackboneAndHead(model, head), find_unused_parameters=True)
+            loader = self.ctx.fit_loader(batches, dataset, _collate)
+            steps = (batch for _ in range(p.epochs) for batch in loader)
+
+            def step_outputs(batch):
+                fresh = dataclasses.replace(self.ctx, memo={})
+                with self.ctx.autocast():
+                    return net(
+                        self.ctx.to_device(batch["image"]),
+                        p.dense_head,
+                        lambda: class_text_embeddings(model, names, self.templates, fresh),
+                    )
+
+        else:
+            net = world.data_parallel(head)
+            with torch.no_grad():  # frozen queries: the same for every step, from the feature cache
+                queries = self._queries(model, fit_categories)
+            if self.ctx.features_fit_in_memory(len(dataset), probe[0].numel()):
+                # The frozen backbone's patch embeddings of the fit split, encoded once (and cached), not once per epoch.
+                features = self.ctx.image_features(
+                    model,
+                    dataset,
+                    lambda x: model.encode_image_dense(x, head=p.dense_head)[0],
+                    f"dense-{p.dense_head}",
+                    f"pad-to-square, then {transform_id(model.preprocess)}",
+                )
+                steps = (
+                    {"index": index, "image_id": [dataset.image_ids[i] for i in index]} for index in _epochs(batches, p.epochs)
+                )
+            else:
+                features, loader = None, self.ctx.fit_loader(batches, dataset, _collate)
+                steps = (batch for _ in range(p.epochs) for batch in loader)
+
+            def step_outputs(batch):
+                if features is not None:
+                    dense = self.ctx.to_device(features[batch["index"]])
+                else:
+                    with torch.no_grad(), self.ctx.autocast():
+                        dense, _ = model.encode_image_dense(self.ctx.to_device(batch["image"]), head=p.dense_head)
+                return net(dense.float(), queries)
+
         model.train(p.train_backbone)
         losses: dict[str, float] = {}
         with make_progress() as progress:
             bar = progress.add_task("fitting detection heads", total=total, info="")
-            for _epoch in range(p.epochs):
-                for batch in loader:
-                    with torch.set_grad_enabled(p.train_backbone), self.ctx.autocast():
-                        dense, _ = model.encode_image_dense(batch["images"].to(device), head=p.dense_head)
-                    if p.train_backbone:  # a fresh text pass each step, so the text side gets gradients
-                        queries = class_text_embeddings(
-                            model, [classname(c) for c in fit_categories], self.templates, dataclasses.replace(self.ctx, memo={})
-                        )
-                    else:
-                        queries = frozen_queries
-                    logits, boxes = head(dense.float(), queries)
-                    batch_targets = [targets[i] for i in batch["image_ids"]]
-                    batch_targets = [Target(t.labels.to(device), t.boxes.to(device)) for t in batch_targets]
-                    matches = hungarian_match(logits, boxes, batch_targets, self.weights)
-                    step = detection_losses(logits, boxes, batch_targets, matches, self.weights)
-                    optimizer.zero_grad(set_to_none=True)
-                    step["loss"].backward()
-                    optimizer.step()
-                    scheduler.step()
-                    losses = {k: round(float(v.detach()), 5) for k, v in step.items()}
-                    progress.update(bar, advance=1, info=f"loss {losses['loss']:.3f}")
+            for step_index, batch in enumerate(steps):
+                weight = weights[step_index % len(weights)]  # 0.0: this rank's placeholder in a batch smaller than the world
+                logits, boxes = step_outputs(batch)
+                batch_targets = [targets[i] for i in batch["image_id"]]
+                batch_targets = [Target(t.labels.to(device), t.boxes.to(device)) for t in batch_targets]
+                matches = hungarian_match(logits, boxes, batch_targets, self.weights)
+                # Losses are sums over the global batch's boxes / (its box count / world): DDP's mean over ranks is then
+                # the global batch's loss, as one process computes it.
+                normaliser = world.normaliser(weight * sum(len(t.labels) for t in batch_targets), device)
+                step = detection_losses(logits, boxes, batch_targets, matches, self.weights, normaliser=normaliser)
+                optimizer.zero_grad(set_to_none=True)
+                (step["loss"] * weight).backward()
+                optimizer.step()
+                scheduler.step()
+                parts = torch.stack([v.detach().double() * weight for v in step.values()]).cpu()
+                losses = {k: round(float(v), 5) for k, v in zip(step, world.sum(parts) / world.size)}
+                progress.update(bar, advance=1, info=f"loss {losses['loss']:.3f}")
         model.eval()
         head.eval()
         self.head = head
@@ -359,7 +422,8 @@ class DetectionRunner(Runner):
             "final_losses": losses,
             "train_backbone": p.train_backbone,
         }
-        self._save_cache(model, head_file, backbone_file)
+        if self.ctx.is_main:
+            self._save_cache(model, head_file, backbone_file)
         self.fit_info["cache"] = "fitted"
 
     def _save_cache(self, model, head_file: Path, backbone_file: Path) -> None:
@@ -400,17 +464,18 @@ class DetectionRunner(Runner):
         queries = self._queries(model, gt.categories)
         category_ids = np.array([c["id"] for c in gt.categories])
         samples = []
-        loader = self.ctx.loader(self.ctx.limited(dataset), _collate)
+        loader = self.ctx.loader(self.ctx.shard(dataset), _collate)  # this rank's slice; samples gathered below
         for batch in track(loader, "detecting"):
             with self.ctx.autocast():
-                dense, _ = model.encode_image_dense(batch["images"].to(self.ctx.device), head=p.dense_head)
+                dense, _ = model.encode_image_dense(self.ctx.to_device(batch["image"]), head=p.dense_head)
             logits, boxes = self.head(dense.float(), queries)
-            for b, image_id in enumerate(batch["image_ids"]):
+            for b, image_id in enumerate(batch["image_id"]):
                 sample = gt.sample_ground_truth(image_id, p.protocol)
                 sample["detections"] = self._detections(
                     logits[b].cpu(), boxes[b].cpu(), sample["width"], sample["height"], category_ids
                 )
                 samples.append(sample)
+        samples = self.ctx.gather(samples)
 
         results = [
             {"image_id": s["image_id"], "category_id": c, "bbox": box, "score": score}
@@ -418,7 +483,8 @@ class DetectionRunner(Runner):
             for box, c, score in zip(s["detections"]["boxes"], s["detections"]["category_ids"], s["detections"]["scores"])
         ]
         detections_file = self.ctx.artifact("detections.json")
-        write_json_atomic(detections_file, results, indent=None)
+        if self.ctx.is_main:
+            write_json_atomic(detections_file, results, indent=None)
         model_info = model.describe()
         info = {
             "dense_head": p.dense_head,

@@ -140,9 +140,11 @@ def detection_losses(
     targets: list[Target],
     matches: list[tuple[torch.Tensor, torch.Tensor]],
     w: LossWeights,
+    normaliser: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Focal class loss over all (patch, class) pairs, L1 and gIoU over matched boxes, each / number of boxes."""
-    n_boxes = max(sum(len(t.labels) for t in targets), 1)
+    """Focal class loss over all (patch, class) pairs, L1 and gIoU over matched boxes, each / number of boxes
+    (or / `normaliser`: under DDP the global batch's box count over the world size)."""
+    n_boxes = normaliser if normaliser is not None else max(sum(len(t.labels) for t in targets), 1)
     onehot = torch.zeros_like(logits)
     matched_pred, matched_true = [], []
     for b, ((rows, cols), target) in enumerate(zip(matches, targets)):

@@ -235,7 +235,11 @@ def pairwise_fine_loss(
 ) -> list[float]:
     """SPARC's fine-grained loss of each (caption, image) pair on its own: tok [C, L, D], mask [C, L], patch [C, P, D] -> C values."""
     # One call per pair: the loss averages over the batch's real tokens, so a batched call mixes captions.
-    return [float(sparc_fine_grained_loss(t[None], m[None], v[None], scale, **flags)) for t, m, v in zip(tok, mask, patch)]
+    # distributed=False: under torchrun each rank scores its own pairs; the loss must not reduce over ranks.
+    return [
+        float(sparc_fine_grained_loss(t[None], m[None], v[None], scale, **flags, distributed=False))
+        for t, m, v in zip(tok, mask, patch)
+    ]
 
 
 def _set(rows: list[dict], key: str, values: list[float]) -> None:
@@ -286,7 +290,7 @@ class GroundingRunner(Runner):
             raise SparcEvalError(f"task card {self.card.path}: the grounding runner needs a dataset of format coco-instances")
         mentions_path = resolve_root(self.card, dataclasses.replace(self.card.dataset, root=p.mentions_file), self.ctx.data_dir)
         captions = MENTION_SOURCES[p.mentions](mentions_path, base)
-        dataset = self.ctx.limited(base)  # the first `limit` images
+        dataset = self.ctx.shard(base)  # this rank's slice of the first `limit` images
 
         described = model.describe()
         trained_flags = sparc_objective_flags(described)
@@ -304,7 +308,7 @@ class GroundingRunner(Runner):
         first_patch = None
         for batch in track(self.ctx.loader(dataset, _collate), "grounding"):
             with self.ctx.autocast():
-                patch, grid = model.encode_image_dense(batch["image"].to(self.ctx.device), head=p.head)
+                patch, grid = model.encode_image_dense(self.ctx.to_device(batch["image"]), head=p.head)
             patch = patch.float()
             patches_seen.append(patch.cpu())
             first_patch = patch[0] if first_patch is None else first_patch
@@ -346,13 +350,28 @@ class GroundingRunner(Runner):
             )
             last = [i for i, keep in enumerate(inner) if not keep]
             waiting = ([rows[i] for i in last], tok[last], tmask[last]) if last else None
-        if waiting is not None and len(samples) > 1:
+        # Under torchrun the last image's captions meet the next rank's first image (the first rank's after the last).
+        world = self.ctx.world
+        heads = self.ctx.gather([(world.rank, first_patch.cpu(), list(grid))] if first_patch is not None else [])
+        n_images = sum(self.ctx.gather([len(samples)]))  # every rank takes part in each collective
+        if waiting is not None and n_images > 1:
             rows, tok, tmask = waiting
-            _set(rows, "mismatched", pairwise_fine_loss(tok, tmask, first_patch.expand(len(rows), -1, -1), scale, sparc_flags))
+            following = next((head for rank, head, _ in heads if rank > world.rank), heads[0][1]).to(tok.device)
+            _set(rows, "mismatched", pairwise_fine_loss(tok, tmask, following.expand(len(rows), -1, -1), scale, sparc_flags))
 
-        within, total = position_residuals(torch.cat(patches_seen))
-        for record, w, t in zip(samples, within.tolist(), total.tolist()):
-            record["position_within"], record["position_total"] = w, t
+        local = torch.cat(patches_seen).double() if patches_seen else None
+        means = None
+        if world.distributed:  # the position and grand means of the whole split, from every rank's sums
+            parts = self.ctx.gather([(local.sum(dim=0), len(local))] if local is not None else [])
+            total_sum, count = sum(part for part, _ in parts), sum(n for _, n in parts)
+            means = (total_sum / count, total_sum.sum(dim=0) / (count * total_sum.shape[0]))
+        if local is not None:
+            within, total = position_residuals(local, means)
+            for record, w, t in zip(samples, within.tolist(), total.tolist()):
+                record["position_within"], record["position_total"] = w, t
+        samples = self.ctx.gather(samples)
+        stats = {key: sum(part[key] for part in self.ctx.gather([stats])) for key in stats}
+        grid = heads[0][2] if heads else None
         metrics = self.aggregate(samples, p)
         words = [w for s in samples for w in s["words"]]
         info = {
@@ -371,7 +390,7 @@ class GroundingRunner(Runner):
             "position_r2": "1 - sum |x_np - mean_p|^2 / sum |x_np - mean|^2 over the evaluated images' patch embeddings",
             "mentions": {"source": p.mentions, "file": str(mentions_path), "kinds": p.kinds, "scored": len(words), **stats},
             "exclusions": EXCLUSIONS,
-            "patch_grid": list(grid) if samples else None,
+            "patch_grid": grid,
             "by_kind": {k: word_metrics([w for w in words if w["kind"] == k]) for k in sorted({w["kind"] for w in words})},
         }
         return TaskOutput(metrics=metrics, samples=samples, n_samples=len(samples), info=info)

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from sparc_eval.metrics.retrieval import recall_at_k, retrieval_ranks
-from sparc_eval.progress import track
 from sparc_eval.tasks.runner import Runner, TaskOutput, require_finite
 
 KS = (1, 5, 10)
@@ -27,37 +26,27 @@ class RetrievalParams:
     """Retrieval has no protocol knobs: all captions of every image of the split are used."""
 
 
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    # Images stack; caption lists differ in length (a few COCO images have 6 or 7), so they stay lists.
-    return {
-        "image": torch.stack([item["image"] for item in items]),
-        **{key: [item[key] for item in items] for key in ("image_id", "captions", "path")},
-    }
-
-
 class RetrievalRunner(Runner):
     family = "retrieval"
     Params = RetrievalParams
     metrics = {**{f"i2t_r{k}": True for k in KS}, **{f"t2i_r{k}": True for k in KS}}
 
     def evaluate(self, model: torch.nn.Module) -> TaskOutput:
-        dataset = self.ctx.limited(self.open(self.card.dataset, transform=model.preprocess))
-        image_chunks, text_chunks, text_image = [], [], []
+        base = self.open(self.card.dataset, transform=model.preprocess)
+        dataset = self.ctx.limited(base)
+        # Every rank encodes its slice of the images and captions; all hold the gathered embeddings and rank alike.
+        image_emb = F.normalize(
+            self.ctx.image_features(model, dataset, model.encode_image, "image", model.preprocess), dim=-1
+        )
         images: list[dict[str, Any]] = []
         captions: list[dict[str, Any]] = []
-        for batch in track(self.ctx.loader(dataset, collate_fn=_collate), f"{self.card.name}: encoding"):
-            texts = [c for caps in batch["captions"] for c in caps]
-            tokens = model.tokenize(texts).to(self.ctx.device)
-            with self.ctx.autocast():
-                image_emb = model.encode_image(batch["image"].to(self.ctx.device))
-                text_emb = model.encode_text(tokens)
-            image_chunks.append(F.normalize(image_emb.float(), dim=-1).cpu())
-            text_chunks.append(F.normalize(text_emb.float(), dim=-1).cpu())
-            for image_id, path, caps in zip(batch["image_id"], batch["path"], batch["captions"]):
-                text_image.extend([len(images)] * len(caps))
-                images.append({"image_id": image_id, "path": path, "n_captions": len(caps)})
-                captions.extend({"id": f"caption/{image_id}/{j}", "image_id": image_id, "caption": c} for j, c in enumerate(caps))
-        image_emb, text_emb = torch.cat(image_chunks), torch.cat(text_chunks)
+        text_image: list[int] = []
+        for i in range(len(dataset)):
+            image_id, caps = base.image_ids[i], base.captions[i]
+            text_image.extend([i] * len(caps))
+            images.append({"image_id": image_id, "path": str(base.paths[i]), "n_captions": len(caps)})
+            captions.extend({"id": f"caption/{image_id}/{j}", "image_id": image_id, "caption": c} for j, c in enumerate(caps))
+        text_emb = F.normalize(self.ctx.text_features(model, [c["caption"] for c in captions], model.encode_text, "text"), dim=-1)
         require_finite(image_emb, "image", model)
         require_finite(text_emb, "caption", model)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from sparc_eval.registry import Registry
 from sparc_eval.tasks.card import DatasetSpec, TaskCard
 from sparc_eval.tasks.distributed import SINGLE, FitBatches, World
 from sparc_eval.tasks.feature_cache import FeatureCache, file_list_digest, transform_id
+
+FEATURE_MEMORY_ENV = "SPARC_EVAL_FEATURE_MEMORY_GB"
 
 # The built-in task kinds, by the name a card's `runner:` gives; another package adds its own through the
 # `sparc_eval.runners` entry-point group (sparc_eval.registry). A new kind is one module and one line here.
@@ -115,7 +118,9 @@ class RunContext:
 
     def shard(self, dataset: Dataset) -> Dataset:
         """This rank's contiguous slice of the (limited) evaluation split; ranks' slices cover it once, in order."""
-        dataset = self.limited(dataset)
+        return self._slice(self.limited(dataset))
+
+    def _slice(self, dataset: Dataset) -> Dataset:
         rows = self.world.shard(len(dataset))  # type: ignore[arg-type]
         return dataset if len(rows) == len(dataset) else Subset(dataset, rows)  # type: ignore[arg-type]
 
@@ -127,14 +132,24 @@ class RunContext:
         """Exact sum over ranks of a count array (integer or float64, numpy or tensor)."""
         return self.world.sum(counts)
 
-    def fit_batches(
-        self, dataset: Dataset, batch_size: int, collate_fn: Callable | None = None
-    ) -> tuple[DataLoader, list[float]]:
-        """Shuffled batches for a fitting stage (the same global batches on any number of ranks, this rank's slice
-        of each) and the weight of each step's slice (0.0 for a placeholder on a rank with nothing in that step)."""
-        batches = FitBatches(len(dataset), batch_size, self.seed, self.world)  # type: ignore[arg-type]
-        loader = batches.loader(dataset, collate_fn, self.num_workers, self.seed, pin_memory=self.device.type == "cuda")
-        return loader, batches.weights()
+    def fit_batches(self, n: int, batch_size: int) -> FitBatches:
+        """Shuffled batches of a fitting stage over n items: the same global batches on any number of ranks (those
+        of a single process), this rank's slice of each, and each step's weight (FitBatches.weights)."""
+        return FitBatches(n, batch_size, self.seed, self.world)
+
+    def fit_loader(self, batches: FitBatches, dataset: Dataset, collate_fn: Callable | None = None) -> DataLoader:
+        """A DataLoader that decodes this rank's slice of each of `batches` in ctx.num_workers workers."""
+        return batches.loader(dataset, collate_fn, self.num_workers, self.seed, pin_memory=self.device.type == "cuda")
+
+    def features_fit_in_memory(self, n_items: int, item_numel: int) -> bool:
+        """Whether n_items float32 feature rows of item_numel values fit under SPARC_EVAL_FEATURE_MEMORY_GB (default
+        4): fitting stages then encode their split once (through the feature cache) instead of once per epoch."""
+        raw = os.environ.get(FEATURE_MEMORY_ENV, "4")
+        try:
+            budget = float(raw) * 2**30
+        except ValueError:
+            raise SparcEvalError(f"{FEATURE_MEMORY_ENV}={raw!r} must be a number of GiB") from None
+        return n_items * item_numel * 4 <= budget
 
     # -------------------------------------------------------------- encoding, through the feature cache
 
@@ -153,7 +168,8 @@ class RunContext:
         feature cache on and a dataset that lists its image files (`paths`), the tensor is read from the cache
         when an entry with the same key exists (model, files, `transform`, `kind`, precision, device, weight
         dtype) and stored there otherwise. `kind` names what `encode` computes (e.g. "image", "dense-local");
-        `transform` is the image transform the dataset applies. Batches come from `collate_fn` as {"image": ...}.
+        `transform` is the image transform the dataset applies. Batches come from `collate_fn` as {"image": ...}; by
+        default only the items' "image" tensors are stacked.
         """
         paths = _image_paths(dataset)
         entry = None
@@ -163,7 +179,7 @@ class RunContext:
                 entry = self.features.entry(
                     kind, files=files, n=len(paths), transform=transform_id(transform), weights=_weight_dtype(model)
                 )
-        return self._cached(entry, lambda: self._encode_images(dataset, encode, collate_fn, kind))
+        return self._cached(entry, lambda: self._encode_images(dataset, encode, kind, collate_fn or _stack_images))
 
     def text_features(
         self, model: torch.nn.Module, texts: list[str], encode: Callable[[torch.Tensor], torch.Tensor], kind: str
@@ -181,16 +197,16 @@ class RunContext:
             batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
             for batch in track(batches, f"encoding {kind}"):
                 tokens = self.to_device(model.tokenize([texts[i] for i in batch]))
-                with self.autocast():
+                with torch.no_grad(), self.autocast():
                     chunks.append(encode(tokens).float().cpu())
             return _concat(self.gather([torch.cat(chunks)] if chunks else []))
 
         return self._cached(entry, compute)
 
-    def _encode_images(self, dataset: Dataset, encode: Callable, collate_fn: Callable | None, kind: str) -> torch.Tensor:
+    def _encode_images(self, dataset: Dataset, encode: Callable, kind: str, collate_fn: Callable) -> torch.Tensor:
         chunks = []
-        for batch in track(self.loader(self.shard(dataset), collate_fn=collate_fn), f"encoding {kind}"):
-            with self.autocast():
+        for batch in track(self.loader(self._slice(dataset), collate_fn=collate_fn), f"encoding {kind}"):
+            with torch.no_grad(), self.autocast():  # no_grad, not inference_mode: a fitting stage trains on these
                 chunks.append(encode(self.to_device(batch["image"])).float().cpu())
         return _concat(self.gather([torch.cat(chunks)] if chunks else []))
 
@@ -307,6 +323,11 @@ def _image_paths(dataset: Dataset) -> list[Any] | None:
     if not isinstance(paths, (list, tuple)):
         return None
     return [paths[i] for i in indices]
+
+
+def _stack_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Collate only the images of the items (their other fields may not stack: caption lists, annotations)."""
+    return {"image": torch.stack([item["image"] for item in items])}
 
 
 def _weight_dtype(model: torch.nn.Module) -> str:

@@ -286,7 +286,7 @@ class SegmentationRunner(Runner):
             scores = []
             for chunk in pixels.split(self.ctx.batch_size):
                 with self.ctx.autocast():
-                    dense, (gh, gw) = model.encode_image_dense(chunk.to(self.ctx.device), head=self.params.head)
+                    dense, (gh, gw) = model.encode_image_dense(self.ctx.to_device(chunk), head=self.params.head)
                 cos = F.normalize(dense.float(), dim=-1) @ text.T  # [n, P, synonyms]
                 per_class = best_synonym_scores(cos, owners, n_text)
                 scores.append(per_class.transpose(1, 2).reshape(len(chunk), n_text, gh, gw))
@@ -305,7 +305,7 @@ class SegmentationRunner(Runner):
         n = len(prep.metric_classes)
         confusion = np.zeros((n, n), np.int64)
         samples = []
-        for seg in self.predictions(model, prep, self.ctx.limited(prep.dataset)):
+        for seg in self.predictions(model, prep, self.ctx.shard(prep.dataset)):  # this rank's slice
             cm = confusion_matrix(seg.pred, seg.label, n)
             confusion += cm
             areas = Areas.from_confusion(cm)
@@ -317,19 +317,21 @@ class SegmentationRunner(Runner):
                     "label_area": areas.label.tolist(),
                 }
             )
+        confusion, samples = self.ctx.all_reduce_counts(confusion), self.ctx.gather(samples)
         scores = segmentation_scores(Areas.from_confusion(confusion))
         artifact = self.ctx.artifact("confusion.json")
-        write_json_atomic(
-            artifact,
-            {
-                "classes": prep.metric_classes,
-                "rows": "ground truth",
-                "columns": "prediction",
-                "ignore_index": IGNORE_INDEX,
-                "matrix": confusion.tolist(),
-            },
-            indent=None,
-        )
+        if self.ctx.is_main:
+            write_json_atomic(
+                artifact,
+                {
+                    "classes": prep.metric_classes,
+                    "rows": "ground truth",
+                    "columns": "prediction",
+                    "ignore_index": IGNORE_INDEX,
+                    "matrix": confusion.tolist(),
+                },
+                indent=None,
+            )
         info = {
             "head": self.params.head,
             "dense_path": model.describe().get("dense_heads", {}).get(self.params.head),
