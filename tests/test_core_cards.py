@@ -1,4 +1,4 @@
-"""Task cards: strict validation surfacing as one-line CLI errors, lookup by name or path, a stable hash."""
+"""Task cards: complete validation at load time surfacing as one-line CLI errors, lookup by name or path, a stable hash."""
 
 from __future__ import annotations
 
@@ -39,8 +39,10 @@ def _without(key: str) -> dict:
         (_without("runner"), ["missing key 'runner'"]),
         ({**GOOD, "params": {"templates": 3}}, ["params key 'templates' has value 3"]),
         ({**GOOD, "runner": "clasification"}, ["unknown runner 'clasification'", "classification"]),
+        ({**GOOD, "params": {"top_k": 5}}, ["unknown params key 'top_k'", "templates"]),
+        ({**GOOD, "dataset": {**GOOD["dataset"], "annotation": "x.json"}}, ["unknown reader option 'annotation'", "classnames"]),
     ],
-    ids=["unknown-key", "missing-field", "bad-params-type", "unknown-runner"],
+    ids=["unknown-key", "missing-field", "bad-params-type", "unknown-runner", "unknown-param", "unknown-reader-option"],
 )
 def test_bad_card_is_a_one_line_error_and_writes_nothing(tmp_path, card, needles):
     path = _write(tmp_path, card)
@@ -57,11 +59,12 @@ def test_unknown_task_is_a_one_line_error(tmp_path):
     assert not out.exists()
 
 
-def test_params_are_checked_against_the_runner(tmp_path):
-    card = load_card(_write(tmp_path, {**GOOD, "params": {"template": "simple"}}))
+def test_params_are_validated_when_the_card_is_loaded(tmp_path):
+    with pytest.raises(SparcEvalError, match="unknown params key 'template' \\(allowed: classnames, templates\\)"):
+        load_card(_write(tmp_path, {**GOOD, "params": {"template": "simple"}}))
+    card = load_card(_write(tmp_path, GOOD))
     runner = get_runner(card.runner, card.path)
-    with pytest.raises(SparcEvalError, match="unknown params key 'template' for runner 'classification'"):
-        validate_params(runner.Params, card.params, card)
+    assert card.runner_params == runner.Params(templates="simple", classnames=None)
     assert validate_params(runner.Params, {}, card) == runner.Params(templates="simple", classnames=None)
 
 
@@ -71,31 +74,55 @@ def test_every_builtin_card_validates():
     for path in list_card_paths():
         card = load_card(path)
         assert card.name == path.stem, path
-        runner = get_runner(card.runner, card.path)
-        validate_params(runner.Params, card.params, card)
+        assert isinstance(card.runner_params, get_runner(card.runner).Params), path
 
 
 def test_lookup_by_name_and_by_path(tmp_path, monkeypatch):
     assert find_card("synth-cls") == BUILTIN_CARD_DIR / "synth-cls.yaml"
     copy = _write(tmp_path, GOOD, "elsewhere.yaml")
     assert find_card(str(copy)) == copy
+    assert load_card(str(copy)).name == "my-cls"  # by path, any file name
     with pytest.raises(SparcEvalError, match="does not exist"):
         find_card(str(tmp_path / "missing.yaml"))
-    # SPARC_EVAL_TASKS folders come before the built-in cards, by name.
+    # SPARC_EVAL_CARDS folders come before the built-in cards, by name.
     _write(tmp_path, {**GOOD, "name": "synth-cls"}, "synth-cls.yaml")
-    monkeypatch.setenv("SPARC_EVAL_TASKS", str(tmp_path))
+    monkeypatch.setenv("SPARC_EVAL_CARDS", str(tmp_path))
     assert find_card("synth-cls") == tmp_path / "synth-cls.yaml"
+    # A card found by name carries that name.
     assert find_card("elsewhere") == copy
+    with pytest.raises(SparcEvalError, match="its name 'my-cls' differs from its file name"):
+        load_card("elsewhere")
+    # A name is never a path.
+    for ref in ("../synth-cls", "/etc/passwd", "a/b", "..", ".hidden"):
+        with pytest.raises(SparcEvalError, match="neither a card name"):
+            find_card(ref)
 
 
-def test_card_hash_ignores_comments_formatting_and_key_order(tmp_path):
+def test_card_hash_ignores_comments_formatting_key_order_and_tags(tmp_path):
     plain = load_card(_write(tmp_path, GOOD, "a.yaml"))
     (tmp_path / "b.yaml").write_text(
         "# the same card, written by hand\n"
         "params: {templates: simple}   # inline mapping\n"
         "dataset:\n  split: val\n  root: '{data}/somewhere'\n  format: imagefolder\n"
         "description:   a card for tests\nrunner: classification\nversion: 1\nname: my-cls\n"
+        "tags: [mine, quick]\n"
     )
-    assert load_card(tmp_path / "b.yaml").sha256 == plain.sha256
+    tagged = load_card(tmp_path / "b.yaml")
+    assert tagged.sha256 == plain.sha256 and tagged.tags == ("mine", "quick")
     changed = load_card(_write(tmp_path, {**GOOD, "params": {"templates": "openai-imagenet"}}, "c.yaml"))
     assert changed.sha256 != plain.sha256
+
+
+def test_builtin_card_hashes_are_those_the_records_were_made_with():
+    """Moving to one card schema kept every built-in card's hash (records and the CI baseline are keyed by it)."""
+    expected = {
+        "synth-cls": "c3e12f343fb5",
+        "synth-retrieval": "0431c5187eea",
+        "synth-seg": "9e42546885f1",
+        "synth-det": "bc818cb3223b",
+        "synth-kprecision": "9069c4458e54",
+        "synth-grounding": "410903249522",
+        "coco-retrieval": "a731d4043dce",
+        "imagenet-zs": "e1b44d1a1433",
+    }
+    assert {name: load_card(name).sha256[:12] for name in expected} == expected
