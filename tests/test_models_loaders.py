@@ -117,6 +117,43 @@ def test_pickle_needing_code_is_refused_unless_trusted(random_model, tmp_path):
     assert m.describe()["sha256"] == sha256_file(path)
 
 
+def _marked_tensor(marker: str, value: float) -> torch.Tensor:
+    os.mkdir(marker)
+    return torch.tensor(value)
+
+
+class _TensorPayload:
+    """Unpickles into a tensor, making `marker` on the way: a weights file whose loading runs code."""
+
+    def __init__(self, marker, value):
+        self.marker, self.value = str(marker), value
+
+    def __reduce__(self):
+        return (_marked_tensor, (self.marker, self.value))
+
+
+def test_hf_pickle_needing_code_is_refused_unless_trusted(tmp_path):
+    pytest.importorskip("transformers")
+    from hf_fixtures import save_tiny_clip
+    from safetensors.torch import load_file
+
+    folder = save_tiny_clip(tmp_path / "clip")
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "logit_scale": _TensorPayload(marker, 1.5)}, folder / "pytorch_model.bin")
+    with pytest.raises(SparcEvalError) as err:
+        load_model(f"hf:{folder}")
+    assert f"folder {folder} holds only pickled weights (pytorch_model.bin)" in str(err.value) and "--trust-pickle" in str(
+        err.value
+    )
+    assert not marker.exists()
+    # With trust the payload runs (so the check above would catch a loader that unpickles before refusing).
+    m = load_model(f"hf:{folder}", trust_pickle=True)
+    assert marker.exists()
+    assert float(m.logit_scale) == pytest.approx(torch.tensor(1.5).exp().item())
+
+
 def test_weights_of_another_architecture(tmp_path):
     from safetensors.torch import save_file
 

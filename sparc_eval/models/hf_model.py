@@ -200,6 +200,16 @@ def _shards(index: Path, folder: Path) -> list[Path]:
     return shards
 
 
+def _read_pickled(weights: list[Path]) -> dict[str, torch.Tensor]:
+    from sparc_eval.models.loaders import read_weights_file
+
+    files = weights[1:] if weights[0].name.endswith(".index.json") else weights
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(read_weights_file(path, trust_pickle=True))
+    return state
+
+
 def _check_loading_info(info: dict[str, Any], where: str, class_name: str) -> None:
     """Every tensor of the model must come from the weights, and every tensor of the weights must be used:
     transformers would otherwise fill the gaps with random values and only log a warning."""
@@ -261,17 +271,16 @@ class HFModel(nn.Module):
         weights, pickled = _weight_files(folder, trust_pickle)
         model_class = getattr(transformers, class_name)
         where = f"folder {folder}"
+        # Tensors of another shape are reported in `info` (and refused below) rather than raised without a name.
+        options = {"output_loading_info": True, "ignore_mismatched_sizes": True, "trust_remote_code": False}
         with _quiet():
             try:
-                model, info = model_class.from_pretrained(
-                    folder,
-                    local_files_only=True,
-                    use_safetensors=not pickled,
-                    output_loading_info=True,
-                    ignore_mismatched_sizes=True,  # report tensors of another shape in `info` (refused below) rather than raise
-                    trust_remote_code=False,
-                    **({"weights_only": False} if pickled else {}),  # reached only with trust_pickle
-                )
+                if pickled:  # reached only with trust_pickle: read by sparc-eval's one pickle reader, as open_clip files are
+                    config = model_class.config_class.from_pretrained(folder, local_files_only=True)
+                    state = _read_pickled(weights)
+                    model, info = model_class.from_pretrained(None, config=config, state_dict=state, **options)
+                else:
+                    model, info = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True, **options)
             except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
                 raise SparcEvalError(f"{where}: transformers could not load its {class_name} ({_first_line(exc)})") from None
             _check_loading_info(info, where, class_name)
