@@ -118,13 +118,14 @@ def _assert_same(a, b, where: str, key: str = "") -> None:
         assert type(a) is type(b) and a == b, (where, a, b)
 
 
+@pytest.mark.slow  # one torchrun job of every runner with its fitting stages: about a minute on 2 cores
 @pytest.mark.parametrize("runner", RUNNERS.names())
 def test_two_processes_give_the_record_of_one(runner, runs):
     assert runner in runs, f"runner {runner!r} has no built-in SynthScenes card to check distributed evaluation with"
     path_one, path_two = runs[runner]
     one, two = load_record(path_one), load_record(path_two)
     assert (one.world_size, two.world_size) == (1, 2)
-    assert one.n_samples == two.n_samples == len(load_samples(path_one, one))
+    assert one.n_samples == two.n_samples
     _assert_same(one.metric_values(), two.metric_values(), "metrics")
     samples_one, samples_two = load_samples(path_one, one), load_samples(path_two, two)
     assert len(samples_one) == len(samples_two)
@@ -135,6 +136,7 @@ def test_two_processes_give_the_record_of_one(runner, runs):
             assert (path_one.parent / name).read_text() == (path_two.parent / name).read_text()
 
 
+@pytest.mark.slow
 def test_one_failing_rank_stops_both_with_one_line_and_no_record(tiny_sparc_ckpt, synth_root, tmp_path):
     from sparc_eval.data.registry import open_dataset
 
