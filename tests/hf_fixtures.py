@@ -1,7 +1,10 @@
-"""Tiny random-init Hugging Face CLIP and SigLIP folders, made offline, in the layout `save_pretrained` writes.
+"""Tiny random-init model folders in the layouts people download, made offline.
 
-Reusable by any test (the loader contract tests too): `save_tiny_clip(folder)` / `save_tiny_siglip(folder)`
-write config.json + model.safetensors, a tokenizer and an image processor into `folder` and return it.
+Reusable by any test (the loader contract tests too); each writes into `folder` and returns it:
+- `save_tiny_clip(folder)` / `save_tiny_siglip(folder)`: what transformers' `save_pretrained` writes (config.json,
+  model.safetensors, a tokenizer, preprocessor_config.json), read by `hf:FOLDER`.
+- `save_tiny_openclip(folder)`: open_clip's local-dir / hf-hub layout (open_clip_config.json,
+  open_clip_model.safetensors), read by `openclip:local-dir:FOLDER`.
 
 Tokenizers, built without a network:
 - CLIP: a `CLIPTokenizer` from open_clip's own BPE vocabulary and merges (the wheel ships them), with the
@@ -161,4 +164,32 @@ def save_tiny_siglip(folder: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+    return folder
+
+
+OPENCLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 1, "width": 64, "patch_size": PATCH, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+# Not open_clip's defaults, so that a loader ignoring the folder's preprocess_cfg gives other pixels.
+OPENCLIP_PREPROCESS = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "interpolation": "bilinear", "resize_mode": "squash"}
+
+
+def save_tiny_openclip(folder: Path, *, seed: int = 0) -> Path:
+    """A random-init open_clip CLIP in open_clip's local-dir / hf-hub layout: open_clip_config.json (written by
+    open_clip's own `save_config_for_hf`) and open_clip_model.safetensors."""
+    import torch
+    from open_clip.model import CLIP
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    torch.manual_seed(seed)
+    model = CLIP(**OPENCLIP_CFG)
+    model.visual.image_mean, model.visual.image_std = OPENCLIP_PREPROCESS["mean"], OPENCLIP_PREPROCESS["std"]
+    model.visual.preprocess_cfg = dict(OPENCLIP_PREPROCESS)
+    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+    save_config_for_hf(model, folder / "open_clip_config.json", model_config=OPENCLIP_CFG)
     return folder
