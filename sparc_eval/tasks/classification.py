@@ -41,10 +41,14 @@ class ClassificationRunner(Runner):
     Params = ClassificationParams
     metrics = {"top1": True, "top5": True, "mean_per_class_recall": True}
 
+    @classmethod
+    def dataset_options(cls, params: ClassificationParams) -> dict[str, Any]:
+        """A built-in class-name list (params.classnames) replaces the dataset's class-name file."""
+        return {"classnames": str(classname_file(params.classnames))} if params.classnames else {}
+
     def evaluate(self, model: torch.nn.Module) -> TaskOutput:
         spec = self.card.dataset
-        builtin = {"classnames": str(classname_file(self.params.classnames))} if self.params.classnames else {}
-        base = self.open(spec, transform=model.preprocess, **builtin)
+        base = self.open(spec, transform=model.preprocess)
         root = resolve_root(self.card, spec, self.ctx.data_dir)
         templates = resolve_templates(self.params.templates, root)
         classnames = [split_synonyms(name, f"dataset {root}") for name in base.classnames]

@@ -268,10 +268,18 @@ class Runner(ABC):
         """The optional libraries this run needs ({import name: extra}); `requires` unless params add some."""
         return dict(cls.requires)
 
+    @classmethod
+    def dataset_options(cls, params: Any) -> dict[str, Any]:
+        """Reader options the runner adds to its card's when it opens a dataset (a built-in class-name list, say);
+        `open` applies them, and the layout doctor (`data check --task`) lists the files they name."""
+        return {}
+
     def open(self, spec: DatasetSpec, transform: Callable | None = None, **options: Any) -> Dataset:
-        """Open one of the card's datasets with its root placeholders resolved; `options` override the card's reader options."""
+        """Open one of the card's datasets with its root placeholders resolved; `dataset_options` and then `options`
+        override the card's reader options."""
         root = resolve_root(self.card, spec, self.ctx.data_dir)
-        return open_dataset(spec.format, root, spec.split, transform=transform, **{**spec.options, **options})
+        merged = {**spec.options, **self.dataset_options(self.params), **options}
+        return open_dataset(spec.format, root, spec.split, transform=transform, **merged)
 
     def fit(self, model: torch.nn.Module) -> None:  # noqa: B027 (a no-op unless the task has a fitting stage)
         """Fit task-specific heads on the card's fit_dataset, caching them under ctx.cache_dir (fitting runners only)."""
