@@ -162,8 +162,12 @@ def run_evaluation(
 
     model = load_model(ckpt, trust_pickle=trust_pickle)
     described = model.describe()
+    if len(set(world.gather([described["sha256"]]))) > 1:  # e.g. a path that names other files on another node
+        raise SparcEvalError(
+            f"the ranks loaded different weights for checkpoint {ckpt!r}; every rank must read the same checkpoint"
+        )
     path = record_path(Path(out), described["sha256"], card.name, card.sha256, limit)
-    reason = None
+    reason, existing = None, None
     if path.is_file() and not force:
         wanted = numbers_identity(task_info, described["sha256"], {**settings, "sparc_eval": packages.get("sparc-eval")})
         try:
@@ -171,10 +175,11 @@ def run_evaluation(
             reason = stale_reason(path, existing, wanted)
         except SparcEvalError as exc:
             reason = f"the existing record cannot be used ({exc})"
-        if world.all_true(reason is None):
-            return Evaluation(existing, path, reused=True)
-        if world.is_main:
-            console.print(f"recomputing {card.name}: {reason}", highlight=False, markup=False, soft_wrap=True)
+    # Every rank takes part (a rank without the file, e.g. on another node, votes to recompute).
+    if world.all_true(existing is not None and reason is None):
+        return Evaluation(existing, path, reused=True)
+    if reason is not None and world.is_main:
+        console.print(f"recomputing {card.name}: {reason}", highlight=False, markup=False, soft_wrap=True)
 
     seed_everything(seed)
     model = model.to(dev).eval()
