@@ -81,11 +81,13 @@ def validate(
 
     from rich.markup import escape
 
-    from sparc_eval.card_files import list_card_files
+    from sparc_eval.builtin import builtin_dir
+    from sparc_eval.card_files import user_card_dirs
     from sparc_eval.errors import SparcEvalError
 
     use_cards(cards)
-    files = _card_files(paths) if paths else list_card_files()
+    everything = [*user_card_dirs(), builtin_dir("tasks"), builtin_dir("checkpoints")]
+    files = _card_files(paths or [d for d in everything if d.is_dir()])
     if not files:
         raise SparcEvalError(f"no card files (*.yaml, *.yml) in {', '.join(map(str, paths))}")
     kinds: Counter[str] = Counter()
