@@ -210,6 +210,31 @@ def _read_pickled(weights: list[Path]) -> dict[str, torch.Tensor]:
     return state
 
 
+def _compare_tensors(model_class: Any, folder: Path, weights: list[Path], pickled: bool) -> dict[str, Any]:
+    """Missing / unexpected / reshaped tensors of safetensors weights against the model the config builds (on the
+    meta device: no memory); used to name the problem when transformers itself fails to load them."""
+    if pickled:
+        return {}
+    try:
+        from safetensors import safe_open
+
+        config = model_class.config_class.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+        found: dict[str, tuple[int, ...]] = {}
+        for path in weights:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as f:
+                    found.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    except Exception:  # the diagnosis is best effort; the caller reports transformers' own error
+        return {}
+    return {
+        "missing_keys": expected.keys() - found.keys(),
+        "unexpected_keys": found.keys() - expected.keys(),
+        "mismatched_keys": [k for k in expected.keys() & found.keys() if expected[k] != found[k]],
+    }
+
+
 def _check_loading_info(info: dict[str, Any], where: str, class_name: str) -> None:
     """Every tensor of the model must come from the weights, and every tensor of the weights must be used:
     transformers would otherwise fill the gaps with random values and only log a warning."""
@@ -281,8 +306,11 @@ class HFModel(nn.Module):
                     model, info = model_class.from_pretrained(None, config=config, state_dict=state, **options)
                 else:
                     model, info = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True, **options)
-            except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-                raise SparcEvalError(f"{where}: transformers could not load its {class_name} ({_first_line(exc)})") from None
+            except Exception as exc:  # transformers fails in many ways on foreign weights (4.x: IndexError on some shapes)
+                _check_loading_info(_compare_tensors(model_class, folder, weights, pickled), where, class_name)
+                raise SparcEvalError(
+                    f"{where}: transformers could not load its {class_name} ({type(exc).__name__}: {_first_line(exc)})"
+                ) from None
             _check_loading_info(info, where, class_name)
             # Without vocabulary files some tokenizer classes build a placeholder vocabulary instead of failing.
             if not any((folder / name).is_file() for name in _VOCABULARY_FILES):
