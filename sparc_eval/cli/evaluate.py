@@ -64,7 +64,7 @@ def run(
     ckpt: str = typer.Option(
         ...,
         "--ckpt",
-        help="Checkpoint: a sparc-eval checkpoint folder, a checkpoint card (card:NAME or a .yaml path), openclip:ARCH, openclip:ARCH@FILE.",
+        help="Checkpoint: a sparc-eval checkpoint folder, a checkpoint card (card:NAME or a .yaml path), openclip:ARCH[@FILE|@TAG], openclip:local-dir:PATH, openclip:hf-hub:ORG/NAME, hf:PATH (transformers CLIP/SigLIP; README 'Model sources').",
     ),
     cards: list[Path] = cards_option(),
     out: Path = typer.Option(Path("results"), "--out", help="Results folder."),

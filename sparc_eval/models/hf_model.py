@@ -459,3 +459,7 @@ class HFModel(nn.Module):
         if "hub" in prov:
             described["hub"] = prov["hub"]
         return described
+
+
+# The optional library this loader needs, {import name: sparc-eval extra} (checked before any work, like runners').
+load_hf.requires = {"transformers": "hf"}  # type: ignore[attr-defined]
