@@ -1,4 +1,8 @@
-"""Hand-made result records for the table, regression and leaderboard tests (written with sparc_eval.results.record)."""
+"""Hand-made result records for the table, regression and leaderboard tests (written with sparc_eval.results.record).
+
+Metric names and their better directions come from the runner's own declaration (`Runner.metrics`), so a
+fixture can only hold metrics a real record of that runner holds, with the direction it would have.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ def write_run(
     *,
     ckpt: str,
     task: str,
-    metrics: dict[str, tuple[float | None, bool]],
+    metrics: dict[str, float | None],
     samples: list[dict[str, Any]] | None = None,
     runner: str = "classification",
     ckpt_sha: str | None = None,
@@ -31,7 +35,13 @@ def write_run(
     params: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write one record (+ its samples file) for checkpoint folder `runs/<ckpt>` on `task`; returns the record path."""
+    """Write one record (+ its samples file) for checkpoint folder `runs/<ckpt>` on `task`; returns the record path.
+
+    `metrics` maps names the runner declares to values (None: undefined); their directions are the runner's."""
+    declared = RUNNERS.get(runner).metrics
+    undeclared = sorted(set(metrics) - set(declared))
+    if undeclared:
+        raise ValueError(f"runner {runner!r} declares no metric {undeclared[0]!r}; it declares {', '.join(declared)}")
     ckpt_sha = ckpt_sha or fake_sha(ckpt)
     card_sha = card_sha or fake_sha(f"{task} v{version}")
     samples = samples if samples is not None else [{"id": i} for i in range(4)]
@@ -42,7 +52,7 @@ def write_run(
             "version": version,
             "card_sha256": card_sha,
             "runner": runner,
-            "family": RUNNERS.get(runner).family if runner in RUNNERS else "diagnostics",
+            "family": RUNNERS.get(runner).family,
             "card_path": card_path,
             "description": "",
             "dataset": {"format": "pairs", "root": "{data}/pairs", "split": "val", "options": {}},
@@ -51,7 +61,7 @@ def write_run(
             "params": params or {},
         },
         checkpoint={"ref": f"runs/{ckpt}", "sha256": ckpt_sha, "source": "sparc-eval", "arch": "tiny"},
-        metrics={name: MetricValue(value, higher) for name, (value, higher) in metrics.items()},
+        metrics={name: MetricValue(value, declared[name]) for name, value in metrics.items()},
         n_samples=len(samples),
         samples_file=artifact_path(path, "samples.jsonl").name,
         seed=seed,

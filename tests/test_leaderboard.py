@@ -18,15 +18,16 @@ from record_factory import fake_sha, write_run
 
 from sparc_eval.results.leaderboard import build_leaderboard
 
+# Metric names and directions are the runners' own (record_factory); position_r2 is grounding's lower-is-better one.
 RUNS = [
-    ("tiny-clip", "synth-cls", "classification", {"top1": (0.5, True), "top5": (None, True)}),
-    ("tiny-clip", "synth-retrieval", "retrieval", {"i2t_r1": (0.25, True), "t2i_r1": (0.2, True)}),
-    ("tiny-clip", "synth-grounding", "grounding", {"pointing": (0.1, True), "fine_loss_gap": (0.02, False)}),
-    ("tiny-sparc", "synth-cls", "classification", {"top1": (0.55, True), "top5": (None, True)}),
-    ("tiny-sparc", "synth-retrieval", "retrieval", {"i2t_r1": (0.3, True), "t2i_r1": (0.15, True)}),
-    ("tiny-sparc", "synth-grounding", "grounding", {"pointing": (0.2, True), "fine_loss_gap": (0.01, False)}),
-    ("tiny-sparc", "synth-det", "detection", {"AP": (0.05, True)}),
-    ("openclip:ViT-B-16", "synth-cls", "classification", {"top1": (0.7, True), "top5": (0.9, True)}),
+    ("tiny-clip", "synth-cls", "classification", {"top1": 0.5, "top5": None}),
+    ("tiny-clip", "synth-retrieval", "retrieval", {"i2t_r1": 0.25, "t2i_r1": 0.2}),
+    ("tiny-clip", "synth-grounding", "grounding", {"pointing_acc": 0.1, "position_r2": 0.02}),
+    ("tiny-sparc", "synth-cls", "classification", {"top1": 0.55, "top5": None}),
+    ("tiny-sparc", "synth-retrieval", "retrieval", {"i2t_r1": 0.3, "t2i_r1": 0.15}),
+    ("tiny-sparc", "synth-grounding", "grounding", {"pointing_acc": 0.2, "position_r2": 0.01}),
+    ("tiny-sparc", "synth-det", "detection", {"AP": 0.05}),
+    ("openclip:ViT-B-16", "synth-cls", "classification", {"top1": 0.7, "top5": 0.9}),
 ]
 LABELS = {ckpt: f"{ckpt} ({fake_sha(ckpt)[:8]})" for ckpt, *_ in RUNS}
 
@@ -56,7 +57,7 @@ def test_markdown_and_csv(board):
     rows = {r["checkpoint"]: r for r in csv.DictReader(io.StringIO((board / "leaderboard.csv").read_text()))}
     assert set(rows) == set(LABELS.values())
     for ckpt, task, _, metrics in RUNS:
-        for metric, (value, _) in metrics.items():
+        for metric, value in metrics.items():
             assert rows[LABELS[ckpt]][f"{task}/{metric}"] == ("" if value is None else str(value))
     assert rows[LABELS["tiny-clip"]]["synth-det/AP"] == ""
     assert rows[LABELS["tiny-sparc"]]["evaluated"] == "2025-01-03T12:00:00+00:00"
@@ -127,8 +128,8 @@ window.addEventListener("load", function () {
   report.top1 = order();
   header("top1 \\u2191").querySelector("button").click();
   report.top1_again = order();
-  header("fine_loss_gap \\u2193").querySelector("button").click();
-  report.fine_loss_gap = order();
+  header("position_r2 \\u2193").querySelector("button").click();
+  report.position_r2 = order();
   header("checkpoint").querySelector("button").click();
   report.checkpoint = order();
   report.errors = window.__errors;
@@ -163,7 +164,7 @@ def test_page_in_headless_chromium(board, tmp_path):
     clip, sparc, openclip = LABELS["tiny-clip"], LABELS["tiny-sparc"], LABELS["openclip:ViT-B-16"]
     assert report["top1"] == [openclip, sparc, clip]  # higher is better: best first
     assert report["top1_again"] == [clip, sparc, openclip]
-    assert report["fine_loss_gap"] == [sparc, clip, openclip]  # lower is better: best first, not-run last
+    assert report["position_r2"] == [sparc, clip, openclip]  # lower is better: best first, not-run last
     assert report["checkpoint"] == sorted(LABELS.values(), key=str.lower)
 
     shot = tmp_path / "leaderboard.png"

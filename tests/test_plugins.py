@@ -115,8 +115,6 @@ def test_plugins_lists_every_entry_with_its_distribution(plugin):
     assert all(r["version"] == "0.1.0" and not r["builtin"] for r in ours.values())
     assert rows[("runner", "classification")]["source"] == "sparc-eval" and rows[("runner", "classification")]["builtin"]
     assert rows[("loader", "seeded")]["target"] == "sparc_eval_choice.loaders:load_seeded"
-    table = plugin_cli(plugin["site"], "plugins")
-    assert table.code == 0 and "sparc_eval_choice.objectives:SigmoidObjective" in table.stdout
 
 
 def _hand_scores(data: Path) -> tuple[list[float], dict[str, float]]:
@@ -248,18 +246,18 @@ def test_a_plugin_that_fails_to_import_is_one_line_naming_it(tmp_path):
     )
     assert_one_line_error(run, "plugin sparc-eval-broken", "'broken-kind'", "a_module_that_is_not_installed")
     assert_one_line_error(plugin_cli(site, "plugins", "--check"), "plugin sparc-eval-broken", "failed to import")
-    listed = plugin_cli(site, "plugins", "--json")  # listing alone imports nothing
-    assert listed.code == 0 and any(r["name"] == "broken-kind" for r in json.loads(listed.stdout))
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("group, name", [("sparc_eval.readers", "voc"), ("sparc_eval.runners", "classification")])
-def test_a_plugin_that_takes_a_builtin_name_is_one_line_naming_it(tmp_path, group, name):
+@pytest.mark.parametrize(
+    "group, name, command",
+    [("sparc_eval.readers", "voc", "tasks"), ("sparc_eval.runners", "classification", "plugins")],
+)
+def test_a_plugin_that_takes_a_builtin_name_is_one_line_naming_it(tmp_path, group, name, command):
     site = tmp_path / "site"
     site.mkdir()
     write_dist_info(site, "sparc-eval-squatter", "1.0", {group: {name: "squatter:thing"}})
-    for args in (("tasks",), ("plugins",)):
-        assert_one_line_error(plugin_cli(site, *args), "plugin sparc-eval-squatter", repr(name), "built-in")
+    assert_one_line_error(plugin_cli(site, command), "plugin sparc-eval-squatter", repr(name), "built-in")
 
 
 @pytest.mark.slow

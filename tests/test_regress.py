@@ -34,7 +34,7 @@ def _write_cls(out: Path, hits: np.ndarray, ckpt: str = "tiny-clip", **kw) -> Pa
         out,
         ckpt=ckpt,
         task="synth-cls",
-        metrics={"top1": (float(hits.mean()), True), "top5": (None, True)},
+        metrics={"top1": float(hits.mean()), "top5": None},
         samples=samples,
         **kw,
     )
@@ -51,7 +51,7 @@ def _flip(hits: np.ndarray, lose: int, gain: int) -> np.ndarray:
 def baseline(tmp_path: Path) -> Path:
     out = tmp_path / "baseline"
     _write_cls(out, _hits())
-    write_run(out, ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"miou": (0.3, True)})
+    write_run(out, ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"mIoU": 0.3})
     return out
 
 
@@ -69,7 +69,7 @@ def test_identical_results_pass(baseline, tmp_path):
 def test_degraded_per_sample_file_fails(baseline, tmp_path):
     new = tmp_path / "new"
     _write_cls(new, _flip(_hits(), lose=30, gain=2))
-    write_run(new, ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"miou": (0.3, True)})
+    write_run(new, ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"mIoU": 0.3})
     result = run_cli("regress", "--baseline", baseline, "--results", new, "--json")
     assert result.code == 1, result.stdout + result.stderr
     report = json.loads(result.stdout)
@@ -87,7 +87,7 @@ def test_small_drop_is_within_noise_and_tolerance_is_not_tested(baseline, tmp_pa
     assert [(p.task, p.kind) for p in report.problems] == [("synth-seg", "missing")] and report.exit_code == 1
 
     _write_cls(tmp_path / "big", _flip(_hits(), lose=30, gain=0))
-    write_run(tmp_path / "big", ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"miou": (0.3, True)})
+    write_run(tmp_path / "big", ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"mIoU": 0.3})
     lenient = compare_results(baseline, tmp_path / "big", tolerance=0.2)
     (top1,) = [m for m in lenient.metrics if m.metric == "top1"]
     assert top1.status == regress.PASS and top1.test == "-" and lenient.exit_code == 0
@@ -97,7 +97,7 @@ def test_small_drop_is_within_noise_and_tolerance_is_not_tested(baseline, tmp_pa
 def test_exact_mode_fails_a_drop_no_paired_test_could_detect(baseline, tmp_path):
     # One sample lost (and none gained): McNemar's p is 1, so the statistical gate passes it as noise ...
     _write_cls(tmp_path / "one", _flip(_hits(), lose=1, gain=0))
-    write_run(tmp_path / "one", ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"miou": (0.3, True)})
+    write_run(tmp_path / "one", ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"mIoU": 0.3})
     (top1,) = [m for m in compare_results(baseline, tmp_path / "one").metrics if m.metric == "top1"]
     assert top1.status == regress.WITHIN_NOISE
     # ... a replica of a deterministic run has no noise: exact mode fails it, and identical results still pass.
@@ -115,9 +115,9 @@ def test_exact_mode_allows_float_round_off_only(baseline, tmp_path):
     # Another CPU or thread count reorders float sums: grounding means moved in the 9th digit (1 vs 2 threads).
     for name, miou in (("roundoff", 0.3 - 1e-9), ("real", 0.3 - 1e-4)):
         _write_cls(tmp_path / name, _hits())
-        write_run(tmp_path / name, ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"miou": (miou, True)})
+        write_run(tmp_path / name, ckpt="tiny-clip", task="synth-seg", runner="segmentation", metrics={"mIoU": miou})
     assert compare_results(baseline, tmp_path / "roundoff", exact=True).exit_code == 0
-    (miou,) = [m for m in compare_results(baseline, tmp_path / "real", exact=True).metrics if m.metric == "miou"]
+    (miou,) = [m for m in compare_results(baseline, tmp_path / "real", exact=True).metrics if m.metric == "mIoU"]
     assert miou.status == regress.REGRESSION and miou.test == "exact"
 
 
@@ -138,10 +138,10 @@ def test_changed_card_limit_and_sample_set_are_reported(baseline, tmp_path):
         ckpt="tiny-clip",
         task="synth-seg",
         runner="segmentation",
-        metrics={"miou": (0.3, True)},
+        metrics={"mIoU": 0.3},
         card_sha=fake_sha("edited synth-seg card"),
     )
-    write_run(new, ckpt="tiny-sparc", task="synth-seg", runner="segmentation", metrics={"miou": (0.9, True)})
+    write_run(new, ckpt="tiny-sparc", task="synth-seg", runner="segmentation", metrics={"mIoU": 0.9})
     report = compare_results(baseline, new)
     details = {p.task: (p.kind, p.detail) for p in report.problems}
     assert details["synth-cls"][0] == "changed" and "version" in details["synth-cls"][1]
@@ -155,7 +155,7 @@ def test_changed_card_limit_and_sample_set_are_reported(baseline, tmp_path):
     other_ids = tmp_path / "other-ids"
     hits = _hits()
     rows = [{"id": f"val/{i}.png" if i else "val/elsewhere.png", "top1": int(h), "label": i % 6} for i, h in enumerate(hits)]
-    write_run(other_ids, ckpt="tiny-clip", task="synth-cls", metrics={"top1": (float(hits.mean()), True)}, samples=rows)
+    write_run(other_ids, ckpt="tiny-clip", task="synth-cls", metrics={"top1": float(hits.mean())}, samples=rows)
     problems = compare_results(baseline, other_ids).problems
     assert problems[0].task == "synth-cls" and "sample set changed" in problems[0].detail
 
@@ -249,7 +249,7 @@ def _write_mean(out: Path, scores, card: Path, runner: str = "test-mean", value:
         task="synth-mean",
         runner=runner,
         samples=samples,
-        metrics={"mean_score": (float(np.mean(scores)) if value is None else value, True)},
+        metrics={"mean_score": float(np.mean(scores)) if value is None else value},
         card_sha=loaded.sha256,
         card_path=str(card),
         params={"field": "score"},

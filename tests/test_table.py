@@ -14,20 +14,21 @@ from rich.console import Console
 
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.results.table import build_table, render_csv, render_json, render_markdown, render_rich
+from sparc_eval.tasks.runner import RUNNERS
 
 # (checkpoint, task, runner, metrics): tiny-clip lacks synth-det; openclip has only synth-cls.
 RUNS = [
-    ("tiny-clip", "synth-cls", "classification", {"top1": (0.5, True), "top5": (None, True)}),
-    ("tiny-clip", "synth-grounding", "grounding", {"pointing": (0.1, True), "fine_loss_gap": (0.02, False)}),
-    ("tiny-clip", "synth-seg", "segmentation", {"miou": (0.3, True)}),
-    ("tiny-clip", "synth-retrieval", "retrieval", {"i2t_r1": (0.25, True), "t2i_r1": (0.2, True)}),
-    ("tiny-sparc", "synth-cls", "classification", {"top1": (0.55, True), "top5": (None, True)}),
-    ("tiny-sparc", "synth-grounding", "grounding", {"pointing": (0.2, True), "fine_loss_gap": (0.01, False)}),
-    ("tiny-sparc", "synth-seg", "segmentation", {"miou": (0.4, True)}),
-    ("tiny-sparc", "synth-retrieval", "retrieval", {"i2t_r1": (0.3, True), "t2i_r1": (0.35, True)}),
-    ("tiny-sparc", "synth-det", "detection", {"AP": (0.05, True)}),
-    ("tiny-sparc", "synth-kprecision", "captioning", {"kp": (0.6, True)}),
-    ("openclip:ViT-B-16", "synth-cls", "classification", {"top1": (0.7, True), "top5": (0.9, True)}),
+    ("tiny-clip", "synth-cls", "classification", {"top1": 0.5, "top5": None}),
+    ("tiny-clip", "synth-grounding", "grounding", {"pointing_acc": 0.1, "position_r2": 0.02}),
+    ("tiny-clip", "synth-seg", "segmentation", {"mIoU": 0.3}),
+    ("tiny-clip", "synth-retrieval", "retrieval", {"i2t_r1": 0.25, "t2i_r1": 0.2}),
+    ("tiny-sparc", "synth-cls", "classification", {"top1": 0.55, "top5": None}),
+    ("tiny-sparc", "synth-grounding", "grounding", {"pointing_acc": 0.2, "position_r2": 0.01}),
+    ("tiny-sparc", "synth-seg", "segmentation", {"mIoU": 0.4}),
+    ("tiny-sparc", "synth-retrieval", "retrieval", {"i2t_r1": 0.3, "t2i_r1": 0.35}),
+    ("tiny-sparc", "synth-det", "detection", {"AP": 0.05}),
+    ("tiny-sparc", "synth-kprecision", "captioning", {"kp": 0.6}),
+    ("openclip:ViT-B-16", "synth-cls", "classification", {"top1": 0.7, "top5": 0.9}),
 ]
 
 
@@ -42,7 +43,7 @@ def results(tmp_path: Path) -> Path:
         ckpt="tiny-clip",
         task="synth-seg",
         runner="segmentation",
-        metrics={"miou": (0.9, True)},
+        metrics={"mIoU": 0.9},
         card_sha=fake_sha("old synth-seg card"),
         created_at="2024-06-01T00:00:00+00:00",
     )
@@ -58,15 +59,15 @@ def test_pivot_holds_every_record_value_and_marks_undefined_and_not_run(results)
     table = build_table(results)
     cols = {(c.task, c.metric): c for c in table.columns}
     assert len(table.rows) == 3
-    for ckpt, task, _, metrics in RUNS:
-        for metric, (value, higher) in metrics.items():
+    for ckpt, task, runner, metrics in RUNS:
+        for metric, value in metrics.items():
             assert table.cell(_label(ckpt), cols[(task, metric)]) == value
-            assert cols[(task, metric)].higher_is_better is higher
+            assert cols[(task, metric)].higher_is_better is RUNNERS.get(runner).metrics[metric]
     # Not evaluated: an empty cell, distinct from an undefined metric (None).
     assert table.cell(_label("tiny-clip"), cols[("synth-det", "AP")]) == ""
     assert table.cell(_label("tiny-clip"), cols[("synth-cls", "top5")]) is None
     # The newest record wins; the older one is reported, not shown.
-    assert table.cell(_label("tiny-clip"), cols[("synth-seg", "miou")]) == 0.3
+    assert table.cell(_label("tiny-clip"), cols[("synth-seg", "mIoU")]) == 0.3
     assert len(table.superseded) == 1
 
 
@@ -83,7 +84,7 @@ def test_markdown_csv_json_agree_with_the_records(results):
     table = build_table(results, layout="paper")
     lines = render_markdown(table).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[0] == "checkpoint" and "synth-cls · top1 ↑" in header and "synth-grounding · fine_loss_gap ↓" in header
+    assert header[0] == "checkpoint" and "synth-cls · top1 ↑" in header and "synth-grounding · position_r2 ↓" in header
     md_rows = {
         cells[0]: dict(zip(header, cells)) for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:5])
     }
@@ -120,12 +121,12 @@ def test_rich_table_transposes_when_too_wide(results):
         console.print(render_rich(table, width=width))
         texts[width] = console.file.getvalue()
     assert "transposed" not in texts[400] and "transposed" in texts[80]
-    assert "tiny-sparc" in texts[80] and "fine_loss_gap" in texts[80]
+    assert "tiny-sparc" in texts[80] and "position_r2" in texts[80]
 
 
 def test_limited_runs_are_separate_rows(tmp_path):
-    write_run(tmp_path, ckpt="tiny-clip", task="synth-cls", metrics={"top1": (0.5, True)})
-    write_run(tmp_path, ckpt="tiny-clip", task="synth-cls", metrics={"top1": (0.75, True)}, limit=16)
+    write_run(tmp_path, ckpt="tiny-clip", task="synth-cls", metrics={"top1": 0.5})
+    write_run(tmp_path, ckpt="tiny-clip", task="synth-cls", metrics={"top1": 0.75}, limit=16)
     table = build_table(tmp_path)
     assert list(table.rows) == [_label("tiny-clip"), _label("tiny-clip") + " [limit 16]"]
 
