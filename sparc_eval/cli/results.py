@@ -16,10 +16,23 @@ def table_cmd(
     results_dir: Path = typer.Argument(..., help="Results folder (searched recursively for *.record.json)."),
     fmt: str = typer.Option("rich", "--format", "-f", help="rich, md, csv or json."),
     layout: str = typer.Option("default", "--layout", help="default (tasks by name) or paper (the SPARC paper's column order)."),
+    per_seed: bool = typer.Option(
+        False, "--per-seed", help="One row per checkpoint, instead of one per recipe over its training seeds (mean ± sd)."
+    ),
+    paired: tuple[str, str] | None = typer.Option(
+        None,
+        "--paired",
+        metavar="ROW_A ROW_B",
+        help="Also test ROW_B against ROW_A (row labels or checkpoint names) task by task over the same test images: paired bootstrap of the seed means (exact McNemar for one seed each).",
+    ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Resamples of the paired test."),
 ) -> None:
-    """Pivot result records into one table: a row per checkpoint, a column per task x metric.
+    """Pivot result records into one table: a row per recipe (checkpoints differing only by training seed share a row:
+    mean ± standard deviation over seeds), a column per task x metric.
 
     Example: sparc-eval table results --format md --layout paper
+
+    Example: sparc-eval table runs/like-for-like/results --paired tiny-clip tiny-sparc
     """
     from sparc_eval.cli import checks
     from sparc_eval.results.table import FORMATS, TEXT_RENDERERS, build_table, render_rich
@@ -28,11 +41,17 @@ def table_cmd(
 
     if fmt not in FORMATS:
         raise SparcEvalError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
-    table = build_table(results_dir, layout=layout)
+    table = build_table(results_dir, layout=layout, per_seed=per_seed)
     if fmt == "rich":
         console.print(render_rich(table, title=f"results in {results_dir}", width=console.width))
     else:
         sys.stdout.write(TEXT_RENDERERS[fmt](table))
+    if paired:
+        from sparc_eval.results.seeds import find_group, group_entries, paired_markdown, paired_test
+
+        groups = group_entries(e for entries in table.rows.values() for e in entries)
+        a, b = (find_group(groups, ref) for ref in paired)
+        sys.stdout.write("\n" + paired_markdown(paired_test(a, b, n_bootstrap=bootstrap), *paired))
 
 
 @app.command("regress")
@@ -83,6 +102,9 @@ def leaderboard_build(
     results_dir: Path = typer.Argument(..., help="Results folder (searched recursively for *.record.json)."),
     out: Path = typer.Option(Path("leaderboard"), "--out", help="Folder for leaderboard.md, leaderboard.csv and index.html."),
     title: str = typer.Option("sparc-eval leaderboard", "--title", help="Page title."),
+    per_seed: bool = typer.Option(
+        False, "--per-seed", help="One row per checkpoint, instead of one per recipe over its training seeds (mean ± sd)."
+    ),
 ) -> None:
     """Write the leaderboard as Markdown, CSV and a self-contained, sortable HTML page with one chart per task family.
 
@@ -94,5 +116,5 @@ def leaderboard_build(
     checks.existing_folder("results folder", results_dir)
     checks.output_folder("--out", out, free_mib=4)
 
-    for path in build_leaderboard(results_dir, out, title=title).values():
+    for path in build_leaderboard(results_dir, out, title=title, per_seed=per_seed).values():
         console.print(f"wrote {path}", highlight=False)

@@ -301,5 +301,21 @@ def load_checkpoint(folder: str | os.PathLike) -> nn.Module:
         "ref": str(folder),
         "sha256": sha256_file(weights),
         "objective": config.get("objective"),
+        **({"training": training_recipe(config)} if isinstance(config.get("training"), dict) else {}),
     }
     return model
+
+
+# Training settings that say how a run was executed, not what was trained: 2 processes reproduce 1.
+_RUN_LEVEL_TRAINING_KEYS = ("seed", "steps_done", "world_size", "train_seconds")
+
+
+def training_recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """{"seed": ..., "recipe": ...} of a checkpoint config: the recipe is every training setting but the seed and
+    how the run was executed, plus the training data's hash, so checkpoints that differ only by seed share it
+    (results.seeds groups their records into one row)."""
+    training = config["training"]
+    recipe = {k: v for k, v in training.items() if k not in _RUN_LEVEL_TRAINING_KEYS}
+    data = config.get("data")
+    recipe["data_sha256"] = data.get("pairs_sha256") if isinstance(data, dict) else None
+    return {"seed": training.get("seed"), "recipe": recipe}

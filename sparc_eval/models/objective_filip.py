@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparc_eval.models.objectives import check_non_negative, gather_with_grad, global_contrastive_loss, symmetric_cross_entropy
+from sparc_eval.models.objectives import (
+    check_non_negative,
+    gather_with_grad,
+    global_contrastive_loss,
+    real_length,
+    symmetric_cross_entropy,
+)
 
 # Text columns per block: bounds the [B, block, P, L] similarity tensor (only its max indices are kept for backward).
 _TEXT_BLOCK = 64
@@ -63,7 +69,7 @@ def filip_loss(
     all_tokens, _ = gather_with_grad(token_emb)
     all_masks, _ = gather_with_grad(token_mask.to(token_emb.dtype))
     all_masks = all_masks > 0.5
-    keep = int(all_masks.any(0).nonzero().max()) + 1 if all_masks.any() else 1  # drop the batch's trailing padding
+    keep = real_length(all_masks)  # drop the batch's trailing padding
     all_tokens, all_masks = all_tokens[:, :keep], all_masks[:, :keep]
     n_local = patch_emb.shape[0]
     local_tokens, local_masks = all_tokens[offset : offset + n_local], all_masks[offset : offset + n_local]

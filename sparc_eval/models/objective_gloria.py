@@ -33,6 +33,7 @@ from sparc_eval.models.objectives import (
     check_positive,
     gather_with_grad,
     global_contrastive_loss,
+    real_length,
     symmetric_cross_entropy,
 )
 
@@ -73,7 +74,7 @@ def gloria_local_loss(
     all_patches, offset = gather_with_grad(patch_emb)
     all_tokens, _ = gather_with_grad(token_emb)
     all_masks = gather_with_grad(token_mask.to(token_emb.dtype))[0] > 0.5
-    keep = int(all_masks.any(0).nonzero().max()) + 1 if all_masks.any() else 1  # drop the batch's trailing padding
+    keep = real_length(all_masks)  # drop the batch's trailing padding
     all_tokens, all_masks = all_tokens[:, :keep], all_masks[:, :keep]
     n_local = patch_emb.shape[0]
     z_image = gloria_scores(patch_emb, all_tokens, all_masks, tau1, tau2)  # this rank's images x every text

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparc_eval.errors import SparcEvalError
-from sparc_eval.models.objectives import check_non_negative, check_positive, global_contrastive_loss
+from sparc_eval.models.objectives import check_non_negative, check_positive, global_contrastive_loss, real_length
 
 
 def _world() -> int:
@@ -58,7 +58,7 @@ def _pairwise_ce(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def mgca_token_loss(token_emb: torch.Tensor, token_mask: torch.Tensor, patch_emb: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
     """MGCA's cross-attention token-wise alignment (word side + patch side), mean over samples with words."""
     mask = token_mask.bool()
-    keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1  # trailing padding: never a word
+    keep = real_length(mask)  # trailing padding: never a word
     words, mask = F.normalize(token_emb[:, :keep], dim=-1), mask[:, :keep]
     patches = F.normalize(patch_emb, dim=-1)
     sim = torch.einsum("bld,bpd->blp", words, patches) / tau

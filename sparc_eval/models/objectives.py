@@ -141,12 +141,19 @@ def _sequence_cross_entropy(logits: torch.Tensor, mask: torch.Tensor, n_real: to
     return torch.where(mask, ce, torch.zeros_like(ce)).sum() / n_real.to(ce.dtype)
 
 
+def real_length(mask: torch.Tensor) -> int:
+    """Positions up to the batch's last real token (at least 1). Later positions are padding in every sample: never
+    a query, never a candidate, so dropping them changes nothing but the cost of the token-level work. Tensors
+    without values (meta, for counting FLOPs: bench/objective_compute.py) keep every position."""
+    if mask.device.type == "meta":
+        return mask.shape[1]
+    mask = mask.bool()
+    return int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+
+
 def _drop_trailing_padding(token_emb: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions after the batch's last real token are padding in every sample: never a query, never a
-    candidate, so dropping them changes nothing but the cost of the [B, L, P] and [B, L, L] work."""
-    mask = token_mask.bool()
-    keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
-    return token_emb[:, :keep], mask[:, :keep]
+    keep = real_length(token_mask)
+    return token_emb[:, :keep], token_mask.bool()[:, :keep]
 
 
 def _real_token_count(mask: torch.Tensor, distributed: bool = True) -> torch.Tensor:

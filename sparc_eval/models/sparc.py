@@ -267,6 +267,7 @@ class SparcModel(nn.Module):
             "sha256": prov["sha256"],
             "arch": self.config["arch"],
             "objective": prov.get("objective"),
+            **({"training": prov["training"]} if "training" in prov else {}),
             "dense_heads": {
                 "global": "g_v(h_v(patch)) (paper App. D.7)",
                 "local": "g_v(patch) (aligned by the fine-grained loss)"

@@ -19,7 +19,7 @@ from sparc_eval.results.table import (
     Column,
     ResultsTable,
     build_table,
-    format_value,
+    cell_text,
     render_csv,
     render_markdown,
     row_provenance,
@@ -31,10 +31,13 @@ OUTPUT_FILES = ("leaderboard.md", "leaderboard.csv", "index.html")
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 
 
-def build_leaderboard(results_dir: str | Path, out_dir: str | Path, title: str = "sparc-eval leaderboard") -> dict[str, Path]:
+def build_leaderboard(
+    results_dir: str | Path, out_dir: str | Path, title: str = "sparc-eval leaderboard", per_seed: bool = False
+) -> dict[str, Path]:
     """Write leaderboard.md, leaderboard.csv and index.html (paper column order) into `out_dir`, all three or none
-    (fileio.write_files_atomic: every file is written to a temporary first, then each is renamed); returns the paths."""
-    table = build_table(results_dir, layout="paper")
+    (fileio.write_files_atomic: every file is written to a temporary first, then each is renamed); returns the paths.
+    Checkpoints that differ only by training seed share a row (mean ± sd over seeds) unless `per_seed`."""
+    table = build_table(results_dir, layout="paper", per_seed=per_seed)
     out_dir = Path(out_dir)
     texts = {
         "leaderboard.md": render_leaderboard_markdown(table, title),
@@ -47,10 +50,14 @@ def build_leaderboard(results_dir: str | Path, out_dir: str | Path, title: str =
 def _summary(table: ResultsTable) -> str:
     records = sum(len(entries) for entries in table.rows.values())
     newest = max(e.record.created_at for entries in table.rows.values() for e in entries)
-    return (
-        f"{len(table.rows)} checkpoint(s), {len({c.task for c in table.columns})} task(s), {records} result record(s); "
-        f"newest evaluation {newest}."
+    checkpoints = len({e.sha256 for entries in table.rows.values() for e in entries})
+    seeds = (
+        f"{len(table.rows)} row(s) over {checkpoints} checkpoint(s): each row a recipe, its cells the mean ± standard "
+        "deviation over the recipe's training seeds; "
+        if table.aggregated
+        else f"{len(table.rows)} checkpoint(s), "
     )
+    return f"{seeds}{len({c.task for c in table.columns})} task(s), {records} result record(s); newest evaluation {newest}."
 
 
 # ---------------------------------------------------------------------------------------- Markdown
@@ -61,8 +68,9 @@ def render_leaderboard_markdown(table: ResultsTable, title: str) -> str:
     lines += ["| checkpoint | sha256 | evaluated | task cards (version, card sha256) |", "|:---|:---|:---|:---|"]
     for label, entries in table.rows.items():
         p = row_provenance(entries)
-        cards = ", ".join(f"{c['task']} v{c['version']} ({str(c['card_sha256'])[:8]})" for c in p["cards"])
-        lines.append(f"| {label} | `{p['sha256']}` | {p['evaluated']} | {cards} |")
+        cards = ", ".join(dict.fromkeys(f"{c['task']} v{c['version']} ({str(c['card_sha256'])[:8]})" for c in p["cards"]))
+        shas = ", ".join(f"`{m['sha256']}`" + ("" if m["seed"] is None else f" (seed {m['seed']})") for m in p["checkpoints"])
+        lines.append(f"| {label} | {shas} | {p['evaluated']} | {cards} |")
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +166,11 @@ def _html_table(table: ResultsTable) -> str:
         p = row_provenance(entries)
         cells = [
             f'<th scope="row" data-value="{html.escape(label)}">{html.escape(entries[0].name)} '
-            f'<span class="sha">{html.escape(p["sha256"][:8])}</span>'
+            + (
+                f'<span class="sha">{html.escape(p["sha256"][:8])}</span>'
+                if p["sha256"]
+                else f'<span class="sha">{table.seeds(label)} seeds</span>'
+            )
             + (f' <span class="sha">limit {entries[0].record.limit}</span>' if entries[0].record.limit is not None else "")
             + "</th>"
         ]
@@ -170,16 +182,20 @@ def _html_table(table: ResultsTable) -> str:
                 cells.append('<td class="num na" data-value="" title="undefined">n/a</td>')
             else:
                 cls = "num best" if value == best[c] else "num"
-                cells.append(f'<td class="{cls}" data-value="{value!r}">{format_value(value)}</td>')
+                cells.append(f'<td class="{cls}" data-value="{value!r}">{html.escape(cell_text(table, label, c))}</td>')
         cells.append(f'<td class="date" data-value="{html.escape(p["evaluated"])}">{html.escape(p["evaluated"][:10])}</td>')
         cards = "".join(
             f'<li>{html.escape(c["task"])} v{c["version"]} · card <span class="sha">{html.escape(str(c["card_sha256"])[:12])}</span>'
             f" · {html.escape(c['created_at'])} · n={c['n_samples']}</li>"
             for c in p["cards"]
         )
+        shas = "".join(
+            f'<div class="sha">{html.escape(m["sha256"])}' + ("" if m["seed"] is None else f" (seed {m['seed']})") + "</div>"
+            for m in p["checkpoints"]
+        )
+        summary = html.escape(p["sha256"][:12]) if p["sha256"] else f"{len(p['checkpoints'])} checkpoints"
         cells.append(
-            f'<td><details><summary>sha256 <span class="sha">{html.escape(p["sha256"][:12])}</span></summary>'
-            f'<div class="sha">{html.escape(p["sha256"])}</div><ul>{cards}</ul></details></td>'
+            f'<td><details><summary>sha256 <span class="sha">{summary}</span></summary>{shas}<ul>{cards}</ul></details></td>'
         )
         out.append("<tr>" + "".join(cells) + "</tr>")
     out += ["</tbody>", "</table>"]
@@ -204,7 +220,7 @@ def _family_chart(table: ResultsTable, family: str) -> str:
     colour = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(table.rows)}
     labels = [label for label in table.rows if any(table.cell(label, c) != "" for c in cols)]
 
-    width = _LABEL_W + _BAR_W + _VALUE_W
+    width = _LABEL_W + _BAR_W + _VALUE_W * (2 if table.aggregated else 1)  # room for "mean ± sd"
     parts: list[str] = []
     y = 4
     for label in labels:  # legend
@@ -228,14 +244,16 @@ def _family_chart(table: ResultsTable, family: str) -> str:
         parts.append(f'<line x1="{x(0.0):.1f}" y1="{y - 2}" x2="{x(0.0):.1f}" y2="{y + group_h}" stroke="#59636e"/>')
         for label in labels:
             value = table.cell(label, c)
-            tip = html.escape(f"{label}: {c.task} / {c.metric} = {format_value(value) or 'not evaluated'}")
+            tip = html.escape(f"{label}: {c.task} / {c.metric} = {cell_text(table, label, c) or 'not evaluated'}")
             if isinstance(value, float):
                 x0, x1 = sorted((x(0.0), x(value)))
                 parts.append(
                     f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 0.5):.1f}" height="{_BAR_H}" fill="{colour[label]}">'
                     f"<title>{tip}</title></rect>"
                 )
-                parts.append(f'<text x="{max(x1, x(0.0)) + 4:.1f}" y="{y + _BAR_H - 2}">{format_value(value)}</text>')
+                parts.append(
+                    f'<text x="{max(x1, x(0.0)) + 4:.1f}" y="{y + _BAR_H - 2}">{html.escape(cell_text(table, label, c))}</text>'
+                )
             else:
                 parts.append(
                     f'<text x="{x(0.0) + 4:.1f}" y="{y + _BAR_H - 2}" fill="#59636e"><title>{tip}</title>'

@@ -1,0 +1,156 @@
+"""Results over training seeds: checkpoints that share a recipe make one row (mean, standard deviation, n seeds),
+--per-seed keeps one row per checkpoint, and the paired test between two recipes over the same test images.
+Expected values are computed here with the statistics module and scipy, never with the code under test."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from record_factory import fake_sha, write_run
+from scipy.stats import binomtest
+
+from sparc_eval.results.collect import collect
+from sparc_eval.results.leaderboard import build_leaderboard
+from sparc_eval.results.seeds import find_group, group_entries, paired_test
+from sparc_eval.results.table import build_table, render_csv, render_markdown, table_json
+
+RECIPE = {"arch": "tiny", "objective": {"name": "clip"}, "steps": 200, "batch_size": 128, "lr": 0.0005, "data_sha256": "d" * 64}
+
+
+def _write(
+    results: Path, name: str, seed: int, recipe: dict | None, task: str, metrics: dict, samples=None, runner="classification"
+):
+    """A record of checkpoint `name` trained with `recipe` and `seed` (recipe None: a checkpoint trained elsewhere)."""
+    sha = fake_sha(f"{name}/{seed}/{json.dumps(recipe, sort_keys=True)}")
+    path = write_run(results, ckpt=f"{name}-{seed}", task=task, metrics=metrics, samples=samples, runner=runner, ckpt_sha=sha)
+    raw = json.loads(path.read_text())
+    raw["checkpoint"]["name"] = name
+    if recipe is not None:
+        raw["checkpoint"]["training"] = {"seed": seed, "recipe": recipe}
+    path.write_text(json.dumps(raw))
+    return path
+
+
+@pytest.fixture
+def results(tmp_path):
+    folder = tmp_path / "results"
+    for seed, top1 in zip((0, 1, 2), (0.10, 0.20, 0.40)):
+        _write(folder, "tiny-clip", seed, RECIPE, "synth-cls", {"top1": top1, "top5": None if seed == 2 else 0.5 + seed / 10})
+    sparc = {**RECIPE, "objective": {"name": "sparc", "lambda_f": 5.0}}
+    for seed, top1 in zip((0, 1), (0.30, 0.34)):
+        _write(folder, "tiny-sparc", seed, sparc, "synth-cls", {"top1": top1, "top5": 0.7})
+    _write(folder, "ViT-B-16", 0, None, "synth-cls", {"top1": 0.9, "top5": 1.0})
+    return folder
+
+
+def test_rows_over_seeds_mean_spread_and_n(results):
+    table = build_table(results)
+    labels = list(table.rows)
+    assert "tiny-clip (3 seeds)" in labels and "tiny-sparc (2 seeds)" in labels
+    assert any(label.startswith("ViT-B-16 (") for label in labels)  # no recipe: its own row, name and short sha
+    col = {c.metric: c for c in table.columns}
+    assert table.cell("tiny-clip (3 seeds)", col["top1"]) == pytest.approx(statistics.mean([0.1, 0.2, 0.4]))
+    assert table.spread_of("tiny-clip (3 seeds)", col["top1"]) == pytest.approx(statistics.stdev([0.1, 0.2, 0.4]))
+    assert table.n_of("tiny-clip (3 seeds)", col["top1"]) == 3
+    # top5 is undefined for seed 2: the mean of the two defined values, and n says so
+    assert table.cell("tiny-clip (3 seeds)", col["top5"]) == pytest.approx(0.55)
+    assert table.n_of("tiny-clip (3 seeds)", col["top5"]) == 2
+    md = render_markdown(table)
+    assert "| tiny-clip (3 seeds) | 0.2333 ± 0.15 | 0.55 ± 0.071 (n=2) |" in md
+    assert "| tiny-sparc (2 seeds) | 0.32 ± 0.028 | 0.7 ± 0 |" in md
+
+
+def test_per_seed_keeps_one_row_per_checkpoint(results):
+    table = build_table(results, per_seed=True)
+    assert len(table.rows) == 6 and not table.aggregated
+    col = next(c for c in table.columns if c.metric == "top1")
+    assert sorted(table.cell(label, col) for label in table.rows) == pytest.approx([0.1, 0.2, 0.3, 0.34, 0.4, 0.9])
+
+
+def test_same_name_other_recipe_is_another_row(tmp_path):
+    folder = tmp_path / "results"
+    for seed in (0, 1):
+        _write(folder, "tiny-sparc", seed, RECIPE, "synth-cls", {"top1": 0.1 + seed})
+        _write(folder, "tiny-sparc", seed, {**RECIPE, "lr": 0.001}, "synth-cls", {"top1": 0.5 + seed})
+    labels = list(build_table(folder).rows)
+    assert len(labels) == 2 and all(label.startswith("tiny-sparc [recipe ") and label.endswith("(2 seeds)") for label in labels)
+
+
+def test_csv_and_json_carry_spread_n_and_seeds(results):
+    table = build_table(results)
+    rows = list(csv.DictReader(io.StringIO(render_csv(table))))
+    clip = next(r for r in rows if r["checkpoint"] == "tiny-clip (3 seeds)")
+    assert float(clip["synth-cls/top1"]) == pytest.approx(statistics.mean([0.1, 0.2, 0.4]))
+    assert float(clip["synth-cls/top1 sd"]) == pytest.approx(statistics.stdev([0.1, 0.2, 0.4]))
+    assert clip["synth-cls/top5 n"] == "2" and clip["seeds"] == "0 1 2" and clip["sha256"] == ""
+    vit = next(r for r in rows if r["checkpoint"].startswith("ViT-B-16"))
+    assert vit["synth-cls/top1 sd"] == "" and vit["sha256"] == fake_sha("ViT-B-16/0/null")
+    data = table_json(table)
+    row = next(r for r in data["rows"] if r["checkpoint"] == "tiny-clip (3 seeds)")
+    assert row["n"]["synth-cls"]["top5"] == 2
+    assert sorted(m["seed"] for m in row["checkpoints"]) == [0, 1, 2]
+
+
+def test_leaderboard_rows_over_seeds(results, tmp_path):
+    paths = build_leaderboard(results, tmp_path / "lb")
+    md = paths["leaderboard.md"].read_text()
+    assert "mean ± standard deviation over the recipe's training seeds" in md
+    assert "tiny-clip (3 seeds) | 0.2333 ± 0.15" in md
+    assert "(seed 2)" in md  # provenance lists every checkpoint with its seed
+    page = paths["index.html"].read_text()
+    assert "3 seeds</span>" in page and "0.2333 ± 0.15" in page
+    per_seed = build_leaderboard(results, tmp_path / "lb2", per_seed=True)["leaderboard.md"].read_text()
+    assert "(3 seeds)" not in per_seed and "± " not in per_seed
+
+
+# ----------------------------------------------------------------------------- paired test
+
+
+def _outcomes(bits: list[int]) -> list[dict]:
+    return [{"id": i, "top1": b} for i, b in enumerate(bits)]
+
+
+def test_paired_test_one_seed_each_is_exact_mcnemar(tmp_path):
+    folder = tmp_path / "results"
+    a = [1] * 10 + [0] * 30 + [1] * 5 + [0] * 5  # 50 images
+    b = [1] * 10 + [1] * 12 + [0] * 5 + [0] * 23  # gains 12 where a failed, loses 5 where a was right
+    _write(folder, "A", 0, RECIPE, "synth-cls", {"top1": sum(a) / 50}, samples=_outcomes(a))
+    _write(folder, "B", 0, {**RECIPE, "lr": 1.0}, "synth-cls", {"top1": sum(b) / 50}, samples=_outcomes(b))
+    groups = group_entries(collect(folder)[0])
+    (c,) = paired_test(find_group(groups, "A"), find_group(groups, "B"), n_bootstrap=2000)
+    assert c.test == "McNemar"
+    assert c.p_value == pytest.approx(binomtest(5, 17, 0.5).pvalue)
+    assert c.delta == pytest.approx((22 - 15) / 50)
+    assert c.ci_low < c.delta < c.ci_high
+
+
+def test_paired_test_over_seeds_bootstraps_per_image_means(tmp_path):
+    folder = tmp_path / "results"
+    n = 200
+    for seed in (0, 1):
+        a = [int((i + seed) % 4 == 0) for i in range(n)]  # 25 % correct
+        b = [int((i + seed) % 4 != 0) for i in range(n)]  # 75 % correct
+        _write(folder, "A", seed, RECIPE, "synth-cls", {"top1": sum(a) / n}, samples=_outcomes(a))
+        _write(folder, "B", seed, {**RECIPE, "lr": 1.0}, "synth-cls", {"top1": sum(b) / n}, samples=_outcomes(b))
+        _write(folder, "C", seed, {**RECIPE, "lr": 2.0}, "synth-cls", {"top1": sum(a) / n}, samples=_outcomes(a))
+    groups = group_entries(collect(folder)[0])
+    (c,) = paired_test(find_group(groups, "A"), find_group(groups, "B"), n_bootstrap=500)
+    assert (c.test, c.n_a, c.n_b) == ("bootstrap", 2, 2)
+    assert c.delta == pytest.approx(0.5) and c.p_value < 0.01 and c.ci_low > 0.3
+    (same,) = paired_test(find_group(groups, "A"), find_group(groups, "C"), n_bootstrap=500)
+    assert same.delta == 0 and same.p_value == 1.0
+
+
+def test_table_cli_per_seed_and_paired(results):
+    shown = run_cli("table", results, "--format", "md")
+    assert shown.code == 0 and "tiny-clip (3 seeds)" in shown.stdout
+    per_seed = run_cli("table", results, "--format", "md", "--per-seed")
+    assert per_seed.code == 0 and "(3 seeds)" not in per_seed.stdout
+    bad = run_cli("table", results, "--paired", "tiny-clip", "nothing")
+    assert bad.code == 2 and "no row 'nothing' in the results" in bad.stderr
