@@ -8,7 +8,13 @@ when the machine's speed drifts. Three parts:
    bf16 autocast, under inference_mode. FLOPs counted by torch.utils.flop_counter.FlopCounterMode; the
    achieved rate is reported as a share of the matmul rate of the same precision. Then `sparc-eval run`'s
    own path (`run_evaluation` on synth-cls: decoding, preprocessing, text prompts, records) in images/s.
-3. retrieval: `retrieval_ranks` over N captions (5 per image, D=512) for two N, each in a fresh process;
+3. peer: zero-shot classification against CLIP_benchmark's `zeroshot_classification.evaluate` on the same
+   open_clip model (random-init ViT-B-32, identical weights), the same SynthScenes images, threads, batch size
+   and DataLoader workers, interleaved: images/s of the whole zero-shot evaluation (prompts + images + scores),
+   the ratio to CLIP_benchmark fp32, and top-1 of each. Needs clip-benchmark, which stays out of sparc-eval's
+   dependencies: python -m venv --system-site-packages V && V/bin/pip install clip-benchmark==1.6.2 requests
+   "numpy<2.4", then run this file with V/bin/python.
+4. retrieval: `retrieval_ranks` over N captions (5 per image, D=512) for two N, each in a fresh process;
    the peak resident memory added by scoring stays the same, while a full similarity matrix would grow as N^2.
 
 Example: python bench/eval_throughput.py --n-val 256 --captions 25000 50000
@@ -135,6 +141,7 @@ def bench_run(ckpts: dict[str, str], n_val: int, precisions: tuple[str, ...], wo
                     num_workers=workers,
                     batch_size=64,
                     force=True,
+                    cache=False,
                 ).record
                 rows.append(
                     {
@@ -146,6 +153,93 @@ def bench_run(ckpts: dict[str, str], n_val: int, precisions: tuple[str, ...], wo
                     }
                 )
     return rows
+
+
+# ------------------------------------------------------------------------------------- peer: CLIP_benchmark
+
+
+def bench_peer(n_val: int, image_size: int, reps: int, workers: int, batch: int) -> list[dict]:
+    """sparc-eval's synth-cls against CLIP_benchmark's zero-shot evaluate on one open_clip model, interleaved."""
+    import open_clip
+    import torchvision
+    from clip_benchmark.metrics import zeroshot_classification
+
+    from sparc_eval.data.synth import generate_synthscenes
+    from sparc_eval.evaluation import run_evaluation
+    from sparc_eval.models.loaders import OPENCLIP_INIT_SEED, load_model
+    from sparc_eval.models.sparc import state_dict_sha256
+    from sparc_eval.tasks.card import load_card
+
+    ckpt = "openclip:ViT-B-32"
+    with torch.random.fork_rng():  # the loader's own seeded initialisation: the same weights on both sides
+        torch.manual_seed(OPENCLIP_INIT_SEED)
+        peer_model, _, peer_preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    peer_model.eval()
+    if state_dict_sha256(peer_model) != load_model(ckpt).describe()["sha256"]:
+        raise SystemExit("CLIP_benchmark's model and sparc-eval's differ: the comparison would not be like for like")
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tree = load_card("synth-cls").synthscenes_dir(tmp / "data")
+        tree.parent.mkdir()
+        generate_synthscenes(tree, seed=0, n_train=8, n_val=n_val, image_size=image_size, workers=1)
+        folder = tree / "imagefolder"
+        names = {line.replace(" ", "_"): line for line in (folder / "classnames.txt").read_text().split("\n") if line}
+        dataset = torchvision.datasets.ImageFolder(folder / "val", transform=peer_preprocess)
+        classnames = [names[c] for c in dataset.classes]  # ImageFolder's (sorted-folder) label order
+        templates = [t.replace("{}", "{c}") for t in (folder / "templates.txt").read_text().split("\n") if t]
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers)
+
+        def peer(amp: bool):
+            def run():
+                metrics = zeroshot_classification.evaluate(peer_model, loader, tokenizer, classnames, templates, "cpu", amp=amp)
+                return metrics["acc1"]
+
+            return run
+
+        def ours(precision: str):
+            def run():
+                record = run_evaluation(
+                    ckpt,
+                    "synth-cls",
+                    out=tmp / "results",
+                    data_dir=tmp / "data",
+                    precision=precision,
+                    num_workers=workers,
+                    batch_size=batch,
+                    force=True,
+                    cache=False,
+                ).record
+                return record.metrics["top1"].value
+
+            return run
+
+        configs = {
+            "CLIP_benchmark fp32 (amp=False)": peer(False),
+            "CLIP_benchmark amp (bf16 autocast, fp32 weights)": peer(True),
+            "sparc-eval fp32": ours("fp32"),
+            "sparc-eval bf16": ours("bf16"),
+        }
+        times: dict[str, list[float]] = {name: [] for name in configs}
+        top1: dict[str, float] = {}
+        for rep in range(reps + 1):  # the first round warms up (thread pools, kernels, file cache) and is not counted
+            for name, run in configs.items():
+                start = time.perf_counter()
+                top1[name] = run()
+                if rep:
+                    times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["CLIP_benchmark fp32 (amp=False)"])
+    for name in configs:
+        t = statistics.median(times[name])
+        rows[name] = {
+            "evaluator": name,
+            "images": n_val,
+            "images_per_s": n_val / t,
+            "x_clip_benchmark_fp32": base / t,
+            "top1": 100 * top1[name],
+        }
+    return list(rows.values())
 
 
 # -------------------------------------------------------------------------------------------------- retrieval
@@ -256,7 +350,13 @@ def main() -> None:
     parser.add_argument("--n-val", type=int, default=256, help="SynthScenes val images for the `run` measurement")
     parser.add_argument("--captions", type=int, nargs="+", default=[25000, 50000], help="caption counts for retrieval")
     parser.add_argument("--chunk", type=int, default=2048, help="retrieval block side")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the `run` measurement")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the `run` and `peer` measurements")
+    parser.add_argument(
+        "--parts", nargs="+", default=["forward", "run", "peer", "retrieval"], choices=["forward", "run", "peer", "retrieval"]
+    )
+    parser.add_argument("--peer-images", type=int, default=128, help="SynthScenes val images for the CLIP_benchmark comparison")
+    parser.add_argument("--peer-image-size", type=int, default=224, help="their side in pixels")
+    parser.add_argument("--peer-reps", type=int, default=3, help="timed rounds of the comparison (after one warm-up round)")
     parser.add_argument("--json", type=Path, help="also write all figures to this JSON file")
     parser.add_argument("--retrieval-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -271,37 +371,51 @@ def main() -> None:
     from sparc_eval.models.sparc import create_model
 
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
-    matmul = {"fp32": matmul_gflops(2048, torch.float32, args.reps), "bf16": matmul_gflops(2048, torch.bfloat16, args.reps)}
-    console.print(f"matmul 2048^3: fp32 {matmul['fp32']:.0f} GFLOP/s, bf16 {matmul['bf16']:.0f} GFLOP/s")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        tiny_dir = save_checkpoint(create_model("tiny"), Path(tmp) / "tiny")
-        models = {"tiny": load_model(str(tiny_dir)), "ViT-B-32": load_model("openclip:ViT-B-32")}
-        forward = bench_forward(models, {"tiny": (256, 64), "ViT-B-32": (64, 224)}, args.reps, matmul)
+    figures: dict = {}
+    if {"forward", "run"} & set(args.parts):
+        matmul = {"fp32": matmul_gflops(2048, torch.float32, args.reps), "bf16": matmul_gflops(2048, torch.bfloat16, args.reps)}
+        figures["matmul_gflops"] = matmul
+        console.print(f"matmul 2048^3: fp32 {matmul['fp32']:.0f} GFLOP/s, bf16 {matmul['bf16']:.0f} GFLOP/s")
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.manual_seed(0)
+            tiny_dir = save_checkpoint(create_model("tiny"), Path(tmp) / "tiny")
+            if "forward" in args.parts:
+                models = {"tiny": load_model(str(tiny_dir)), "ViT-B-32": load_model("openclip:ViT-B-32")}
+                figures["forward"] = bench_forward(models, {"tiny": (256, 64), "ViT-B-32": (64, 224)}, args.reps, matmul)
+                console.print(
+                    _table(
+                        "encode_image forward (inference_mode)",
+                        figures["forward"],
+                        {"images_per_s": ".1f", "gflop_per_image": ".3f", "gflops": ".0f", "share_of_matmul": ".0%"},
+                    )
+                )
+            if "run" in args.parts:
+                ckpts = {"tiny": str(tiny_dir), "ViT-B-32": "openclip:ViT-B-32"}
+                figures["run"] = bench_run(ckpts, args.n_val, ("fp32", "bf16"), args.workers)
+                console.print(
+                    _table(
+                        "sparc-eval run --task synth-cls (whole path)", figures["run"], {"images_per_s": ".1f", "wall_s": ".1f"}
+                    )
+                )
+    if "peer" in args.parts:
+        figures["peer"] = bench_peer(args.peer_images, args.peer_image_size, args.peer_reps, args.workers, 64)
+        title = (
+            f"zero-shot classification, {args.peer_images} SynthScenes images at {args.peer_image_size} px, random-init ViT-B-32, "
+            f"{torch.get_num_threads()} threads, {args.workers} workers"
+        )
+        console.print(_table(title, figures["peer"], {"images_per_s": ".2f", "x_clip_benchmark_fp32": ".2f", "top1": ".2f"}))
+    if "retrieval" in args.parts:
+        figures["retrieval"] = bench_retrieval(args.captions, args.chunk)
         console.print(
             _table(
-                "encode_image forward (inference_mode)",
-                forward,
-                {"images_per_s": ".1f", "gflop_per_image": ".3f", "gflops": ".0f", "share_of_matmul": ".0%"},
+                f"retrieval_ranks, blocks of {args.chunk}",
+                figures["retrieval"],
+                {k: ".1f" for k in ("tensor_peak_mib", "rss_peak_added_mib", "inputs_mib", "seconds", "full_matrix_mib")},
             )
         )
-        runs = bench_run({"tiny": str(tiny_dir), "ViT-B-32": "openclip:ViT-B-32"}, args.n_val, ("fp32", "bf16"), args.workers)
-        console.print(_table("sparc-eval run --task synth-cls (whole path)", runs, {"images_per_s": ".1f", "wall_s": ".1f"}))
-
-    retrieval = bench_retrieval(args.captions, args.chunk)
-    console.print(
-        _table(
-            f"retrieval_ranks, blocks of {args.chunk}",
-            retrieval,
-            {k: ".1f" for k in ("tensor_peak_mib", "rss_peak_added_mib", "inputs_mib", "seconds", "full_matrix_mib")},
-        )
-    )
     console.print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
-        args.json.write_text(
-            json.dumps({"matmul_gflops": matmul, "forward": forward, "run": runs, "retrieval": retrieval}, indent=2)
-        )
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
