@@ -104,11 +104,24 @@ def run(
 
     from rich.table import Table
 
+    from sparc_eval.cli import checks
     from sparc_eval.evaluation import run_evaluation
     from sparc_eval.results.record import direction_arrow
-    from sparc_eval.tasks.distributed import current_world
+    from sparc_eval.tasks.card import load_card
+    from sparc_eval.tasks.distributed import current_world, world_from_env
 
+    # Under torchrun, join the process group first: a check below that fails is then one line, whichever ranks fail it.
+    world_from_env("cuda" if device.startswith("cuda") else "cpu")
     use_cards(cards)
+    checks.output_folder("--out", out, free_mib=16)
+    checks.data_folder("--data-dir", data_dir)
+    checks.at_least("--limit", limit, 1)
+    checks.at_least("--batch-size", batch_size, 1)
+    checks.at_least("--num-workers", num_workers, 0)
+    checks.seed("--seed", seed)
+    checks.one_of("--precision", precision, ("fp32", "bf16"))
+    for name in task:  # every card is read and validated before the first one runs
+        load_card(name)
     evaluations = [
         run_evaluation(
             ckpt,

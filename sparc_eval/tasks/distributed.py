@@ -164,6 +164,10 @@ def world_from_env(device_type: str) -> World:
         return _WORLD
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
+        if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
+            raise SparcEvalError(
+                f"rank {rank} (LOCAL_RANK {local_rank}) asked for CUDA device {local_rank}, which this node does not have"
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         try:
@@ -175,6 +179,8 @@ def world_from_env(device_type: str) -> World:
     else:
         backend = dist.get_backend()
     _WORLD = World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank, backend=backend)
+    if not _WORLD.is_main:
+        os.environ["SPARC_EVAL_NO_PROGRESS"] = "1"  # one set of progress bars: rank 0's
     return _WORLD
 
 
