@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import yaml
 from colour_fakes import write_imagefolder
 from conftest import assert_one_line_error, run_cli
 
+from sparc_eval.evaluation import run_evaluation
 from sparc_eval.fileio import sha256_file
-from sparc_eval.results.record import load_record, load_samples
+from sparc_eval.results.record import SCHEMA_VERSION, load_record, load_samples, record_path
+from sparc_eval.tasks.card import load_card
 from sparc_eval.tasks.runner import get_runner
 
 TASKS = ("synth-cls", "synth-retrieval")
@@ -23,8 +26,20 @@ def _records(out: Path) -> dict[str, Path]:
 def _check_record(path: Path, task: str, ckpt_ref: str) -> None:
     record = load_record(path)
     raw = json.loads(path.read_text())
-    assert raw["schema_version"] == 1
+    assert raw["schema_version"] == SCHEMA_VERSION == 2
     assert record.task["name"] == task and record.task["version"] == 1 and len(record.task["card_sha256"]) == 64
+    # Self-contained: what the card said to run, validated, and how the run was made.
+    card = load_card(task)
+    assert record.task["params"] == json.loads(json.dumps(card.runner_params.__dict__))
+    assert record.task["dataset"] == {
+        "format": card.dataset.format,
+        "root": card.dataset.root,
+        "split": card.dataset.split,
+        "options": card.dataset.options,
+    }
+    assert record.task["family"] == get_runner(card.runner).family
+    assert record.batch_size == 64 and record.num_workers >= 0 and record.threads >= 1
+    assert record.samples_sha256 == sha256_file(path.parent / record.samples_file)
     assert record.checkpoint["ref"] == ckpt_ref and len(record.checkpoint["sha256"]) == 64
     runner = get_runner(record.task["runner"])
     assert list(record.metrics) == list(runner.metrics)
@@ -75,6 +90,13 @@ def test_run_two_tasks_then_reuse_then_force_json(tiny_sparc_ckpt, synth_data_di
     assert _records(out) == records
     printed = json.loads(forced.stdout)
     assert printed == [json.loads(records[t].read_text()) for t in TASKS]
+
+    # Another seed is another run: recomputed, saying why on one line.
+    reseeded = run_cli(*args, "--seed", "1")
+    assert reseeded.code == 0, reseeded.stderr
+    for t in TASKS:
+        assert f"recomputing {t}: seed 1 differs from the record's 0" in reseeded.stderr
+        assert load_record(records[t]).seed == 1
 
 
 def test_open_clip_weights_file_end_to_end(synth_data_dir, tmp_path):
@@ -140,3 +162,58 @@ def test_classname_file_that_does_not_match_the_folders(tiny_sparc_ckpt, tmp_pat
     result = run_cli("run", "--task", tmp_path / "mismatch.yaml", "--ckpt", tiny_sparc_ckpt, "--out", tmp_path / "out")
     assert_one_line_error(result, str(root / "val" / "teal"), str(root / "classnames.txt"))
     assert not list((tmp_path / "out").rglob("*.json*"))
+
+
+def test_a_record_is_reused_only_when_everything_that_makes_its_numbers_matches(tiny_sparc_ckpt, synth_data_dir, tmp_path):
+    out = tmp_path / "results"
+
+    def run(**changes):
+        settings = {"out": out, "data_dir": synth_data_dir, "limit": 4, "num_workers": 0, **changes}
+        return run_evaluation(str(tiny_sparc_ckpt), "synth-cls", **settings)
+
+    first = run()
+    assert not first.reused and first.recomputed_because is None
+    again = run()
+    assert again.reused and again.record.to_json() == first.record.to_json()
+
+    for change, why, why_back in (
+        ({"seed": 1}, "seed 1 differs from the record's 0", "seed 0 differs from the record's 1"),
+        (
+            {"precision": "bf16"},
+            "precision 'bf16' differs from the record's 'fp32'",
+            "precision 'fp32' differs from the record's 'bf16'",
+        ),
+        ({"batch_size": 3}, "batch size 3 differs from the record's 64", "batch size 64 differs from the record's 3"),
+    ):
+        changed = run(**change)
+        assert not changed.reused and changed.recomputed_because == why
+        assert run(**change).reused
+        back = run()  # and back: the record now holds the changed run
+        assert not back.reused and back.recomputed_because == why_back
+
+    samples = first.path.parent / first.record.samples_file
+    samples.unlink()
+    gone = run()
+    assert not gone.reused and "per-sample file" in gone.recomputed_because and "is missing" in gone.recomputed_because
+    assert samples.is_file()
+    with samples.open("a") as f:
+        f.write('{"id": "forged"}\n')
+    edited = run()
+    assert not edited.reused and "has changed since the record was written" in edited.recomputed_because
+    assert run().reused
+
+    # A record at another limit's path (copied, renamed) is never taken for that limit.
+    card = load_card("synth-cls")
+    other = record_path(out, first.record.checkpoint["sha256"], "synth-cls", card.sha256, 8)
+    shutil.copy(first.path, other)
+    limited = run(limit=8)
+    assert not limited.reused and "limit 8 differs from the record's 4" in limited.recomputed_because
+    assert load_record(other).limit == 8 and load_record(other).n_samples == 8
+
+    # A record of an older schema is recomputed, not read.
+    raw = json.loads(first.path.read_text())
+    first.path.write_text(json.dumps({**raw, "schema_version": 1}))
+    old = run()
+    assert not old.reused and "schema version 1" in old.recomputed_because
+    forced = run(force=True)
+    assert not forced.reused and forced.recomputed_because is None
