@@ -133,7 +133,10 @@ def test_known_answers_with_a_misfiled_image_and_a_tie(tmp_path):
     assert misfiled["label"] == 0 and misfiled["class"] == "red"
     assert misfiled["predictions"] == [2, 4, 3, 0, 1]  # tied red/green listed by class index
     assert (misfiled["rank"], misfiled["top1"], misfiled["top5"]) == (5, 0, 1)
-    assert runner_cls.aggregate(output.samples, params) == output.metrics
+    # aggregate on hand-picked subsets: without the misfiled image every class is recalled; alone, it is a top-5 hit only.
+    rest = [s for s in output.samples if s is not misfiled]
+    assert runner_cls.aggregate(rest, params) == {"top1": 1.0, "top5": 1.0, "mean_per_class_recall": 1.0}
+    assert runner_cls.aggregate([misfiled], params) == {"top1": 0.0, "top5": 1.0, "mean_per_class_recall": 0.0}
     assert output.info["n_classes"] == 5 and output.info["templates"] == "simple"
 
 

@@ -49,8 +49,8 @@ def _check_record(path: Path, task: str, ckpt_ref: str) -> None:
     assert "git_revision" in raw and record.wall_time_s > 0 and record.throughput > 0
     samples = load_samples(path, record)
     assert record.n_samples == len([s for s in samples if s.get("kind", "image") == "image"])
-    # The per-sample file reproduces the metrics (the regression gate's bootstrap relies on it).
-    assert runner.aggregate(samples, None) == record.metric_values()
+    # The metric values are recomputed independently by tests/test_runner_contract.py (which also checks that
+    # `aggregate` gives them back from this per-sample file, as the regression gate's bootstrap needs).
 
 
 def test_run_two_tasks_then_reuse_then_force_json(tiny_sparc_ckpt, synth_data_dir, tmp_path):

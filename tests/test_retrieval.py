@@ -40,7 +40,16 @@ def test_known_ranks_with_ties_and_multiple_captions(tmp_path):
     assert [s["rank"] for s in images] == IMAGE_RANKS
     assert [s["rank"] for s in captions] == TEXT_RANKS
     assert output.metrics == {"i2t_r1": 0.0, "i2t_r5": 1.0, "i2t_r10": 1.0, "t2i_r1": 0.2, "t2i_r5": 1.0, "t2i_r10": 1.0}
-    assert runner_cls.aggregate(output.samples, params) == output.metrics
+    # aggregate on a hand-picked subset: without image 3 (rank 5) and caption "a blue thing" (rank 4).
+    subset = [s for s in output.samples if s["id"] not in ("image/103", "caption/103/0")]
+    assert runner_cls.aggregate(subset, params) == {
+        "i2t_r1": 0.0,
+        "i2t_r5": 1.0,
+        "i2t_r10": 1.0,
+        "t2i_r1": 0.25,
+        "t2i_r5": 1.0,
+        "t2i_r10": 1.0,
+    }
     assert output.n_samples == 4 and output.info["n_captions"] == 5
     assert images[3] == {
         "kind": "image",
