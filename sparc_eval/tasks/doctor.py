@@ -73,17 +73,22 @@ class DoctorReport:
         return table
 
 
-def _shown(path: Path, data_dir: Path) -> str:
+def _relative(path: Path, data_dir: Path) -> Path | None:
+    """`path` relative to the data folder, `..` collapsed (cards write "coco/val2017/../annotations"), or None."""
     try:
-        return str(path.relative_to(data_dir))
+        return Path(os.path.normpath(path)).relative_to(os.path.normpath(data_dir))
     except ValueError:
-        return str(path)
+        return None
+
+
+def _shown(path: Path, data_dir: Path) -> str:
+    rel = _relative(path, data_dir)
+    return str(rel) if rel is not None else str(path)
 
 
 def _fix(path: Path, data_dir: Path, sources: Sources, partial: bool) -> str:
-    try:
-        rel = path.resolve().relative_to(data_dir.resolve()) if path.exists() else path.relative_to(data_dir)
-    except ValueError:
+    rel = _relative(path, data_dir)
+    if rel is None:
         return ""
     name = sources.provider_of(rel.as_posix())
     if name is None:
