@@ -103,9 +103,11 @@ def _fetch(spec: str, trust_pickle: bool) -> tuple[Path, dict[str, str]]:
     from huggingface_hub import snapshot_download
 
     repo, _, revision = spec.partition("@")
-    patterns = _HUB_FILES + (["pytorch_model*.bin", "pytorch_model.bin.index.json"] if trust_pickle else [])
     try:
-        path = Path(snapshot_download(repo, revision=revision or None, allow_patterns=patterns))
+        path = Path(snapshot_download(repo, revision=revision or None, allow_patterns=_HUB_FILES))
+        if trust_pickle and not any((path / name).is_file() for name in _SAFETENSORS):
+            # Only pickled weights in the repository: fetched only when trusted (and read only then, see _weight_files).
+            path = Path(snapshot_download(repo, revision=revision or None, allow_patterns=["pytorch_model*.bin", *_HUB_FILES]))
     except Exception as exc:  # offline, unknown repository, gated, network: each means "could not fetch"
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
         raise SparcEvalError(
