@@ -232,9 +232,7 @@ def _lock(path: Path) -> Iterator[None]:
 
 
 def _request(url: str, start: int) -> http.client.HTTPResponse:
-    from sparc_eval import __version__
-
-    request = urllib.request.Request(url, headers={"User-Agent": f"sparc-eval/{__version__}"})
+    request = urllib.request.Request(url, headers={"User-Agent": "sparc-eval data get"})
     if start:
         request.add_header("Range", f"bytes={start}-")
     return urllib.request.urlopen(request, timeout=_TIMEOUT_S)  # noqa: S310 (URLs come from the sources list)
