@@ -391,6 +391,18 @@ def _crossed_weights(tmp_path: Path, folders) -> Path:
     return folder
 
 
+def _no_pooling_head(tmp_path: Path, folders) -> Path:
+    from transformers import SiglipConfig, SiglipModel
+
+    config = SiglipConfig.from_pretrained(folders["siglip"])
+    if not hasattr(config.vision_config, "vision_use_head"):
+        pytest.skip("this transformers has no SigLIP towers without a pooling head")
+    config.vision_config.vision_use_head = False
+    folder = _copy(folders["siglip"], tmp_path / "siglip-no-head")
+    SiglipModel(config).save_pretrained(folder)
+    return folder
+
+
 def _wrong_image_size(tmp_path: Path, folders) -> Path:
     folder = _copy(folders["siglip"], tmp_path / "siglip-48px")
     config = json.loads((folder / "preprocessor_config.json").read_text())
@@ -425,6 +437,7 @@ def _readme_only(tmp_path: Path, folders) -> Path:
         (_bert, "holds a BertModel (model_type 'bert'); hf: reads CLIPModel and SiglipModel folders"),
         (_one_tower, "holds a CLIPVisionModelWithProjection, a single tower"),
         (_crossed_weights, "its weights do not fit its config (SiglipModel)"),
+        (_no_pooling_head, "its SigLIP vision tower has no pooling head (vision_use_head is false)"),
         (_wrong_image_size, "its image processor makes images of shape [3, 48, 48], the model takes [3, 32, 32]"),
         (_no_tokenizer, "has no tokenizer files (one of tokenizer.json, vocab.json, spiece.model"),
         (_no_weights, "has no weights (model.safetensors or pytorch_model.bin)"),

@@ -314,6 +314,10 @@ class HFModel(nn.Module):
                     f"{where}: transformers could not load its {class_name} ({type(exc).__name__}: {_first_line(exc)})"
                 ) from None
             _check_loading_info(info, where, class_name)
+            if not getattr(model.config.vision_config, "vision_use_head", True):  # SigLIP towers kept for VLMs (PaliGemma)
+                raise SparcEvalError(
+                    f"{where}: its SigLIP vision tower has no pooling head (vision_use_head is false), so no image embedding"
+                )
             # Without vocabulary files some tokenizer classes build a placeholder vocabulary instead of failing.
             if not any((folder / name).is_file() for name in _VOCABULARY_FILES):
                 raise SparcEvalError(f"{where} has no tokenizer files (one of {', '.join(_VOCABULARY_FILES)})")
