@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 
 from sparc_eval import checkpoint_cards as checkpoint_card
 from sparc_eval.checkpoint_cards import ensure_checkpoint, load_checkpoint_card
@@ -102,14 +103,26 @@ def test_card_reference_trains_once_then_reuses(tmp_path, monkeypatch):
     assert load_model(str(path)).describe()["sha256"] == described["sha256"]  # `--ckpt checkpoints/x.yaml`
 
 
-@pytest.mark.slow
-def test_quickstart_fast_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory) -> Path:
+    """One `sparc-eval quickstart --fast` (one intra-op thread, as CI runs it), shared by the tests below."""
+    out = tmp_path_factory.mktemp("quick")
+    result = run_cli("quickstart", "--fast", "--out", out, "--data-dir", out / "data", env={"OMP_NUM_THREADS": "1"})
+    assert result.code == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (out / "stdout.txt").write_text(result.stdout)
+    return out
+
+
+def _quickstart_tasks() -> list[str]:
     from sparc_eval.tasks.card import list_card_paths, load_card
 
-    out = tmp_path / "quick"
-    result = run_cli("quickstart", "--fast", "--out", out, "--data-dir", tmp_path / "data")
-    assert result.code == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    tasks = sorted(p.stem for p in list_card_paths() if "quickstart" in load_card(p).tags)
+    return sorted(p.stem for p in list_card_paths() if "quickstart" in load_card(p).tags)
+
+
+@pytest.mark.slow
+def test_quickstart_fast_end_to_end(fast_run):
+    out = fast_run
+    tasks = _quickstart_tasks()
     assert {"synth-cls", "synth-retrieval", "synth-seg", "synth-det", "synth-kprecision", "synth-grounding"} <= set(tasks)
     records = sorted((out / "results").rglob("*.record.json"))
     seen = sorted(
@@ -118,10 +131,71 @@ def test_quickstart_fast_end_to_end(tmp_path):
     )
     assert seen == sorted((ckpt, task) for ckpt in ("tiny-clip", "tiny-sparc") for task in tasks)
     assert {p.name for p in (out / "leaderboard").iterdir()} == {"index.html", "leaderboard.csv", "leaderboard.md"}
-    assert "tiny-clip" in result.stdout and "tiny-sparc" in result.stdout
+    stdout = (out / "stdout.txt").read_text()
+    assert "tiny-clip" in stdout and "tiny-sparc" in stdout
 
-    # A second run reuses the checkpoints and records, and the gate passes against itself.
-    again = run_cli("quickstart", "--fast", "--out", out, "--data-dir", tmp_path / "data")
+    # A second run reuses the checkpoints and records.
+    again = run_cli("quickstart", "--fast", "--out", out, "--data-dir", out / "data", env={"OMP_NUM_THREADS": "1"})
     assert again.code == 0 and again.stdout.count("(reused)") == 2 * len(tasks)
-    gate = run_cli("regress", "--baseline", out / "results", "--results", out / "results")
-    assert gate.code == 0, gate.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_gate_passes_a_fresh_replica_of_the_run(fast_run, tmp_path):
+    """What CI does: the same quickstart --fast made again from nothing, gated with --exact against the first."""
+    replica = tmp_path / "replica"
+    result = run_cli("quickstart", "--fast", "--out", replica, "--data-dir", replica / "data", env={"OMP_NUM_THREADS": "1"})
+    assert result.code == 0, result.stderr[-3000:]
+    gate = run_cli("regress", "--exact", "--baseline", fast_run / "results", "--results", replica / "results", "--json")
+    assert gate.code == 0, gate.stdout[-3000:] + gate.stderr[-2000:]
+    report = json.loads(gate.stdout)
+    assert report["problems"] == [] and report["not_in_baseline"] == []
+    assert len({(m["checkpoint"], m["task"]) for m in report["metrics"]}) == 2 * len(_quickstart_tasks())
+
+
+def _copy_results(fast_run: Path, dest: Path) -> Path:
+    shutil.copytree(fast_run / "results", dest, ignore=shutil.ignore_patterns("cache"))
+    return dest
+
+
+@pytest.mark.slow
+def test_gate_fails_a_results_folder_with_one_degraded_metric(fast_run, tmp_path):
+    """One caption of one retrieval record loses its rank-1 hit; record and samples changed together, as a worse
+    run would write them. `regress --exact` fails exactly that metric."""
+    from sparc_eval.results.record import load_record, load_samples, write_record
+
+    degraded = _copy_results(fast_run, tmp_path / "degraded")
+    path = sorted(degraded.rglob("synth-retrieval-*.record.json"))[0]
+    record = load_record(path)
+    samples = load_samples(path, record)
+    captions = [s for s in samples if s["kind"] == "caption"]
+    hit = next(s for s in captions if s["rank"] == 1)
+    hit["rank"], hit["t2i_r1"] = 2, 0
+    expected = sum(s["rank"] == 1 for s in captions) / len(captions)  # by hand, from the degraded samples
+    assert expected < record.metrics["t2i_r1"].value
+    record.metrics["t2i_r1"].value = expected
+    write_record(path, record, samples)
+
+    gate = run_cli("regress", "--exact", "--baseline", fast_run / "results", "--results", degraded, "--json")
+    assert gate.code == 1, gate.stdout[-3000:] + gate.stderr[-2000:]
+    report = json.loads(gate.stdout)
+    failed = [(m["task"], m["metric"]) for m in report["metrics"] if m["status"] == "REGRESSION"]
+    assert failed == [("synth-retrieval", "t2i_r1")] and report["problems"] == []
+
+
+@pytest.mark.slow
+def test_gate_refuses_a_record_holding_nan_or_an_edited_samples_file(fast_run, tmp_path):
+    nan = _copy_results(fast_run, tmp_path / "nan")
+    path = sorted(nan.rglob("synth-cls-*.record.json"))[0]
+    raw = json.loads(path.read_text())
+    raw["metrics"]["top1"]["value"] = float("nan")
+    path.write_text(json.dumps(raw))  # json writes NaN, as a careless tool would
+    assert_one_line_error(run_cli("regress", "--exact", "--baseline", fast_run / "results", "--results", nan), "top1", "nan")
+
+    edited = _copy_results(fast_run, tmp_path / "edited")
+    path = sorted(edited.rglob("synth-cls-*.record.json"))[0]
+    samples = path.with_name(path.name.replace(".record.json", ".samples.jsonl"))
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    rows[0]["top1"] = 1 - rows[0]["top1"]  # edited by hand: the record's sha256 no longer matches
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_cli("regress", "--exact", "--baseline", fast_run / "results", "--results", edited)
+    assert_one_line_error(result, str(samples.name), "changed")
