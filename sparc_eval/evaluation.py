@@ -246,5 +246,6 @@ def run_evaluation(
     world.barrier()
     if world.is_main:
         write_record(path, record, output.samples)
+    ctx.store_features()  # only a run that succeeded leaves cache entries
     world.barrier()  # no rank returns before the record exists
     return Evaluation(record, path, reused=False, recomputed_because=reason)

@@ -74,6 +74,7 @@ class RunContext:
     world: World = SINGLE
     # Image / text embeddings reused across tasks and runs (sparc_eval.tasks.feature_cache); None: --no-cache.
     features: FeatureCache | None = None
+    unstored_features: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def artifact(self, name: str) -> Path:
         """Path of an extra file that belongs to this run's record, e.g. artifact("detections.json")."""
@@ -211,14 +212,24 @@ class RunContext:
         return _concat(self.gather([torch.cat(chunks)] if chunks else []))
 
     def _cached(self, entry: Any, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """compute(), or the cache entry's tensor when every rank could read it; rank 0 stores what was computed."""
+        """compute(), or the cache entry's tensor when every rank could read it. What is computed waits in
+        `unstored_features` until the run has succeeded (store_features), so a failed run leaves no file behind."""
+        if entry is not None and entry.key in self.unstored_features:
+            return self.unstored_features[entry.key][1]
         found = self.features.load(entry) if entry is not None else None
         if self.world.all_true(found is not None):
             return found["features"]  # type: ignore[index]
         features = compute()
-        if entry is not None and self.is_main:
-            self.features.store(entry, {"features": features})  # type: ignore[union-attr]
+        if entry is not None:
+            self.unstored_features[entry.key] = (entry, features)
         return features
+
+    def store_features(self) -> None:
+        """Write the features this run computed into the feature cache (rank 0; called once the record is written)."""
+        if self.features is not None and self.is_main:
+            for entry, features in self.unstored_features.values():
+                self.features.store(entry, {"features": features})
+        self.unstored_features.clear()
 
 
 @dataclass
