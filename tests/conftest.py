@@ -9,6 +9,9 @@ os.environ.setdefault("SPARC_EVAL_NO_PROGRESS", "1")
 # The suite runs as `pytest -n 2` on 2 cores: one intra-op thread per worker (and per CLI subprocess)
 # avoids oversubscription, which made training steps 15-20x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Likewise no DataLoader worker processes by default (sparc-eval's default is half the CPUs); tests that exercise
+# workers ask for them with --num-workers / num_workers.
+os.environ.setdefault("SPARC_EVAL_NUM_WORKERS", "0")
 
 import subprocess
 import sys
