@@ -200,3 +200,21 @@ def test_fit_batches_are_one_process_batches_split_among_ranks(n, batch):
                 for r, part in enumerate(parts):  # a placeholder is one item of the batch, weighted 0
                     if ranks[r].weights()[step] == 0.0:
                         assert len(part) == 1 and part[0] in global_batch
+
+
+def test_default_workers_follow_the_machine_and_the_environment(monkeypatch):
+    from sparc_eval.errors import SparcEvalError
+    from sparc_eval.tasks.distributed import WORKERS_ENV, default_num_workers
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert default_num_workers(SINGLE) == 8  # half of 16 CPUs
+    assert default_num_workers(World(rank=0, size=4)) == 2  # 4 ranks share the node's 16 CPUs
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_num_workers(SINGLE) == 1 and default_num_workers(World(rank=1, size=2)) == 0
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert default_num_workers(World(rank=0, size=2)) == 3
+    monkeypatch.setenv(WORKERS_ENV, "-1")
+    with pytest.raises(SparcEvalError, match=WORKERS_ENV):
+        default_num_workers(SINGLE)
