@@ -242,8 +242,9 @@ class FitBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self._order:
-            local = [batch.tolist()[i] for i in self.world.shard(len(batch))]
-            yield local or [int(batch[0])]
+            items = batch.tolist()
+            local = [items[i] for i in self.world.shard(len(items))]
+            yield local or items[:1]
 
     def weights(self) -> list[float]:
         """Per step of an epoch: 1.0, or 0.0 where this rank's slice is empty (its one item must not count)."""
