@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import importlib.util
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -157,6 +158,7 @@ def run_evaluation(
         "synthscenes": card.synthscenes,
         "params": dataclasses.asdict(params),
     }
+    task_info = json.loads(json.dumps(task_info))  # as a record will hold it (tuples become lists), for the reuse check
     packages = package_versions()
     settings = {"seed": seed, "precision": precision, "limit": limit, "batch_size": batch_size, "device": str(dev)}
 
