@@ -190,6 +190,15 @@ def test_a_second_get_does_nothing_and_force_fetches_again(fetched, served, caps
     assert forced.code == 0 and "installed" in forced.out and len(server.state.requests) == before + 1
 
 
+def test_keep_archives_keeps_the_verified_downloads(server, files, tmp_path, capsys):
+    sources = _sources(server, files, tmp_path / "sources.yaml")
+    root = tmp_path / "data"
+    result = cli(capsys, "data", "get", "karpathy", "sugarcrepe", "--root", root, "--sources", sources, "--keep-archives")
+    assert result.code == 0, result.err
+    assert (root / ".downloads/caption_datasets.zip").read_bytes() == files["caption_datasets.zip"]
+    assert (root / ".downloads/add_att.json").read_bytes() == (root / "sugar-crepe/data/add_att.json").read_bytes()
+
+
 # ------------------------------------------------------------------------------ resuming, checksums
 
 

@@ -29,6 +29,7 @@ from sparc_eval.data.common import (
 )
 from sparc_eval.data.layout import Need, file_need, folder_needs, readable
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.fileio import inside
 
 
 def _load(root: Path, split: str, annotation_option: str, fmt: str, keys: tuple[str, ...]) -> tuple[Path, dict]:
@@ -40,8 +41,9 @@ def _load(root: Path, split: str, annotation_option: str, fmt: str, keys: tuple[
 
 
 def coco_image_paths(root: Path, data: dict) -> list[Path]:
-    """The image file of each entry of the JSON's `images`: its `file_name` under the images folder `root`."""
-    return [root / img["file_name"] for img in data["images"]]
+    """The image file of each entry of the JSON's `images`: its `file_name` under the images folder `root` (a name
+    leading outside it is refused, so neither the reader nor the layout doctor looks outside)."""
+    return [inside(root, img["file_name"], f"file_name of image {img.get('id')}") for img in data["images"]]
 
 
 def layout_coco(root: Path, split: str, *, annotation: str, **_: object) -> list[Need]:

@@ -22,15 +22,19 @@ from sparc_eval.data.layout import Need, file_need, folder_needs, readable
 from sparc_eval.fileio import inside
 
 
-def karpathy_entries(root: Path, data: dict, split: str, images_dir: Path) -> list[tuple[Path, dict]]:
-    """(image path, entry) of each image of `split` ("train" includes "restval"): `filepath` joined under root,
-    or `images_dir` for entries without one."""
+def karpathy_entries(root: Path, data: dict, split: str, images_dir: Path, annotation: Path) -> list[tuple[Path, dict]]:
+    """(image path, entry) of each image of `split` ("train" includes "restval"): `filepath/filename` under root,
+    or `filename` under `images_dir` for entries without a filepath; a path leading outside is refused."""
     wanted = {"train", "restval"} if split == "train" else {split}
-    return [
-        ((root / entry["filepath"] if entry.get("filepath") else images_dir) / entry["filename"], entry)
-        for entry in data["images"]
-        if entry.get("split") in wanted
-    ]
+    out = []
+    for entry in data["images"]:
+        if entry.get("split") not in wanted:
+            continue
+        base, rel = (
+            (root, Path(entry["filepath"], entry["filename"])) if entry.get("filepath") else (images_dir, entry["filename"])
+        )
+        out.append((inside(base, rel, f"annotation file {annotation}: image {entry['filename']!r}"), entry))
+    return out
 
 
 def layout_karpathy(root: Path, split: str, *, annotation: str, images_dir: str = ".") -> list[Need]:
@@ -40,7 +44,7 @@ def layout_karpathy(root: Path, split: str, *, annotation: str, images_dir: str 
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         return [
             file_need(path, "annotation file"),
-            *folder_needs(p for p, _ in karpathy_entries(root, data, split, resolve(root, images_dir))),
+            *folder_needs(p for p, _ in karpathy_entries(root, data, split, resolve(root, images_dir), path)),
         ]
     return [file_need(path, "annotation file"), Need(root, "image root", folder=True)]
 
@@ -54,11 +58,8 @@ def read_karpathy(
     data = load_json(annotation)
     check_karpathy(annotation, data)
     paths, ids, captions = [], [], []
-    for _, entry in karpathy_entries(root, data, split, images_dir):
-        base, rel = (
-            (root, Path(entry["filepath"], entry["filename"])) if entry.get("filepath") else (images_dir, entry["filename"])
-        )
-        paths.append(inside(base, rel, f"annotation file {annotation}: image {entry['filename']!r}"))
+    for path, entry in karpathy_entries(root, data, split, images_dir, annotation):
+        paths.append(path)
         ids.append(int(entry.get("cocoid", entry.get("imgid"))))
         captions.append([s["raw"].strip() for s in entry.get("sentences", [])])
     require_nonempty(paths, split, annotation)
