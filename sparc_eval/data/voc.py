@@ -170,9 +170,10 @@ def voc_files(root: Path, split: str, layout: str) -> tuple[Path, Path]:
     return root / sets_dir / f"{split}.txt", root / label_dir
 
 
-def voc_item_paths(root: Path, label_dir: Path, ids: list[str]) -> tuple[list[Path], list[Path]]:
-    """The image and the label PNG of each id."""
-    return [root / "JPEGImages" / f"{i}.jpg" for i in ids], [label_dir / f"{i}.png" for i in ids]
+def voc_item_paths(root: Path, label_dir: Path, ids: list[str], split_file: Path) -> tuple[list[Path], list[Path]]:
+    """The image and the label PNG of each id; an id names a file, never a path out of the tree."""
+    what = f"split file {split_file}: image id"
+    return [inside(root / "JPEGImages", f"{i}.jpg", what) for i in ids], [inside(label_dir, f"{i}.png", what) for i in ids]
 
 
 def layout_voc(root: Path, split: str, *, layout: str = "voc", classnames: str | None = None) -> list[Need]:
@@ -182,7 +183,8 @@ def layout_voc(root: Path, split: str, *, layout: str = "voc", classnames: str |
     needs.append(file_need(split_file, "split file"))
     if not readable(split_file):
         return [*needs, Need(root / "JPEGImages", "image folder", folder=True), Need(label_dir, "label folder", folder=True)]
-    images, labels = voc_item_paths(root, label_dir, [line.split()[0] for line in read_lines(split_file, "split file")])
+    ids = [line.split()[0] for line in read_lines(split_file, "split file")]
+    images, labels = voc_item_paths(root, label_dir, ids, split_file)
     return [*needs, *folder_needs(images), *folder_needs(labels, "label folder")]
 
 
@@ -202,9 +204,7 @@ def read_voc(
     require_dir(root / "JPEGImages", "image folder")
     ids = [line.split()[0] for line in read_lines(split_file, "split file")]
     require_nonempty(ids, split, split_file)
-    for image_id in ids:  # an id names a file in JPEGImages/, never a path out of the tree
-        inside(root / "JPEGImages", f"{image_id}.jpg", f"split file {split_file}: image id")
-    paths, labels = voc_item_paths(root, label_dir, ids)
+    paths, labels = voc_item_paths(root, label_dir, ids, split_file)
     require_images(paths, split_file)
     require_images(labels, split_file)
     return SegmentationDataset(paths, labels, ids, names, reduce, transform)
