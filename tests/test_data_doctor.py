@@ -99,6 +99,21 @@ def test_lvis_val_needs_both_coco_folders_and_no_link_farm(files, tmp_path, caps
     assert report(capsys, "lvis-det", data)[0] == 0
 
 
+def test_sugarcrepe_needs_its_json_files_and_coco_val2017(files, tmp_path, capsys):
+    data = tmp_path / "data"
+    code, rows = report(capsys, "sugarcrepe", data)
+    types = row(rows, "sugar-crepe/data")
+    assert code == 2 and types["status"] == "missing" and types["fix"] == f"sparc-eval data get sugarcrepe --root {data}"
+    for kind in fx.SUGARCREPE_TYPES:
+        (data / "sugar-crepe/data").mkdir(parents=True, exist_ok=True)
+        (data / f"sugar-crepe/data/{kind}.json").write_bytes(files[f"{kind}.json"])
+    code, rows = report(capsys, "sugarcrepe", data)
+    images = row(rows, "coco/val2017")
+    assert code == 2 and images["status"] == "missing" and images["fix"] == f"sparc-eval data get coco2017-val --root {data}"
+    install(files, "val2017.zip", data / "coco", tmp_path)
+    assert report(capsys, "sugarcrepe", data)[0] == 0
+
+
 def test_imagenet_points_at_data_prepare_and_needs_no_class_file_of_its_own(tmp_path, capsys):
     data = tmp_path / "data"
     code, rows = report(capsys, "imagenet-zs", data)

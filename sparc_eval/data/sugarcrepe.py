@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sparc_eval.data.common import ImageDataset, load_json, require_dir, resolve
+from sparc_eval.data.layout import Need, folder_needs, readable
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import inside
 
@@ -102,3 +103,23 @@ def read_sugarcrepe(
     if not paths:
         raise SparcEvalError(f"SugarCrepe folder {annotations_dir} holds no entries in {', '.join(f'{t}.json' for t in types)}")
     return HardNegativeDataset(paths, entries, list(types), transform)
+
+
+def layout_sugarcrepe(
+    root: Path, split: str, *, annotations: str = ".", images: str = ".", types: tuple[str, ...] = SUGARCREPE_TYPES
+) -> list[Need]:
+    """What "sugarcrepe" reads (sparc_eval.data.layout): one JSON per type, and the images those name."""
+    image_dir, annotations_dir = resolve(root, images), resolve(root, annotations, split)
+    files = [inside(annotations_dir, f"{kind}.json", "SugarCrepe type") for kind in types]
+    needs = [Need(annotations_dir, "SugarCrepe type files", folder=True, files=tuple(p.name for p in files))]
+    names: list[str] = []
+    for path in files:
+        table = load_json(path, "SugarCrepe file") if readable(path) else None
+        if isinstance(table, dict):
+            names += [e["filename"] for e in table.values() if isinstance(e, dict) and isinstance(e.get("filename"), str)]
+    if not names:
+        return [*needs, Need(image_dir, "image folder", folder=True)]
+    return [*needs, *folder_needs(inside(image_dir, name, "SugarCrepe image") for name in dict.fromkeys(names))]
+
+
+read_sugarcrepe.layout = layout_sugarcrepe  # type: ignore[attr-defined]
