@@ -52,8 +52,9 @@ def data_check(
 ) -> None:
     """Verify data: a tree against its MANIFEST.json, or (--task) everything a task card will read.
 
-    With --task it lists each file and folder the card reads, whether it is present, and the command that fetches
-    or prepares what is missing; exit code 0 only when the card can run (2 otherwise, naming the first gap).
+    With --task: each file and folder the card reads, present or missing, and the command that fetches or prepares it.
+
+    Exit code 0 only when the card can run (2 otherwise, naming the first gap).
 
     Examples: sparc-eval data check data/synthscenes
               sparc-eval data check --task coco-retrieval --data-dir data
@@ -96,11 +97,13 @@ def data_get(
 ) -> None:
     """Download datasets into the layouts the task cards read: resumable, verified, unpacked safely.
 
-    Each file is streamed with a progress bar and resumed after an interruption (HTTP Range); its size (and its
-    checksums where the sources list marks them verified) is checked before anything is unpacked; archives are
-    unpacked into a temporary folder (refusing members outside it, links, device files and decompression bombs)
-    and renamed into place. ImageNet and Flickr30k need a login: for them the command says where to obtain the
-    files and which `data prepare` command to run, and exits with code 2 (nothing was fetched).
+    Files stream with a progress bar; an interrupted download resumes with an HTTP Range request.
+
+    Sizes (and checksums the sources list marks verified) are checked before anything is unpacked.
+
+    Archives unpack into a temporary folder, refusing paths outside it, links, devices and bombs, then move into place.
+
+    ImageNet and Flickr30k need a login: the command says where to get them and which `data prepare` to run (exit 2).
 
     Example: sparc-eval data get karpathy coco2014-val --root data
     """
