@@ -3,12 +3,15 @@ trained from its checkpoint card (same towers, data, steps, batch, learning rate
 on several seeds, scored on every SynthScenes task card, and published with one row per recipe (mean, spread
 and number of seeds) in leaderboard/like-for-like/.
 
-Training always runs first and reuses what an earlier run left (checkpoints by recipe hash): every (card, seed),
-OUT/CHECKPOINTS.json mapping "card/seed" to its folder as soon as each one exists. Then the stages asked for,
-each reusing records whose inputs all match:
+Stages, each reusing what an earlier run left (checkpoints by recipe hash, records whose inputs all match):
+  train     every (card, seed); OUT/CHECKPOINTS.json maps "card/seed" to its folder as soon as each one exists
+            (the later stages read that file when train is not among the stages)
   score     every checkpoint on every task card named synth-* (or tagged synthscenes)
   det       synth-det once more with the backbone fine-tuned (train_backbone: true) for tiny-clip and tiny-sparc,
             seed 0, into OUT/results-det-backbone (heads on a frozen backbone is the default protocol)
+  bidir     tiny-sparc with a bidirectional text tower (text_attention: bidirectional) on --seeds, scored on
+            synth-grounding (the position shortcut: fine loss on matched vs mismatched pairs), synth-cls and
+            synth-retrieval, into OUT/results-bidirectional; the causal tiny-sparc of the same seeds beside it
   publish   the seed-aggregated table as page, Markdown and CSV, plus the per-seed CSV, into --publish-dir
 
 Training cost per recipe is read from each checkpoint's config.json (train_seconds) and printed with the table.
@@ -32,7 +35,8 @@ from sparc_eval.fileio import write_json_atomic
 from sparc_eval.tasks.card import find_card, list_card_paths, load_card, write_card_variant
 
 CARDS = ("tiny-clip", "tiny-sparc", "tiny-filip", "tiny-pacl", "tiny-gloria", "tiny-mgca")
-STAGES = ("score", "det", "publish")
+STAGES = ("train", "score", "det", "bidir", "publish")
+BIDIR_TASKS = ("synth-grounding", "synth-cls", "synth-retrieval")
 DET_BACKBONE_CARDS = ("tiny-clip", "tiny-sparc")
 
 
@@ -87,12 +91,49 @@ def det_with_trained_backbone(folders: dict[str, Path], out: Path, data_dir: Pat
         print(f"{name} seed 0 synth-det, backbone trained: {shown}", flush=True)
 
 
+def bidirectional_text(folders: dict[str, Path], seeds: list[int], out: Path, root: Path, data_dir: Path) -> None:
+    for seed in seeds:
+        card = load_checkpoint_card("tiny-sparc").with_overrides(train={"seed": seed, "text_attention": "bidirectional"})
+        models = {"bidirectional": ensure_checkpoint(card, root=root, data_dir=data_dir), "causal": folders[f"tiny-sparc/{seed}"]}
+        for attention, folder in models.items():
+            for task in BIDIR_TASKS:
+                record = run_evaluation(str(folder), task, out=out / "results-bidirectional", data_dir=data_dir).record
+                shown = ", ".join(f"{k} {'n/a' if m.value is None else f'{m.value:.4g}'}" for k, m in record.metrics.items())
+                print(f"tiny-sparc {attention} seed {seed} {task}: {shown}", flush=True)
+
+
 def train_seconds(folders: dict[str, Path]) -> dict[str, list[float]]:
     seconds: dict[str, list[float]] = {}
     for key, folder in folders.items():
         config = json.loads((folder / "config.json").read_text())
         seconds.setdefault(key.split("/")[0], []).append(float(config["training"]["train_seconds"]))
     return seconds
+
+
+# synth-det is left out of the paired tests: its AP needs a COCOeval run per resample and seed (hours on 2 cores).
+PAIRED_TASKS = ("synth-cls", "synth-retrieval", "synth-seg", "synth-kprecision", "synth-grounding")
+
+
+def paired_tests(results: Path, publish_dir: Path) -> None:
+    """Every objective against CLIP, task by task over the same test images (results.seeds.paired_test)."""
+    from sparc_eval.results.collect import collect
+    from sparc_eval.results.seeds import find_group, group_entries, paired_markdown, paired_test
+
+    groups = group_entries(collect(results)[0])
+    sections = [
+        "# Paired tests: each objective against CLIP over the same test images",
+        "",
+        "Per test image, each recipe's outcome is averaged over its seeds; a paired bootstrap over images (1,000",
+        "resamples; 200 where the metric is recomputed by the task's aggregate) gives the 95 % interval of the",
+        "difference of the seed means and a two-sided p. synth-det is not tested (one COCOeval per resample and seed).",
+        "",
+    ]
+    clip = find_group(groups, "tiny-clip")
+    for name in CARDS[1:]:
+        comparisons = paired_test(clip, find_group(groups, name), n_bootstrap=1000, n_bootstrap_aggregate=200, tasks=PAIRED_TASKS)
+        sections += [f"## {name} vs tiny-clip", "", paired_markdown(comparisons, "tiny-clip", name)]
+        print(f"paired tests {name} vs tiny-clip done", flush=True)
+    (publish_dir / "paired-tests.md").write_text("\n".join(sections), encoding="utf-8")
 
 
 def publish(results: Path, publish_dir: Path, folders: dict[str, Path]) -> None:
@@ -105,6 +146,7 @@ def publish(results: Path, publish_dir: Path, folders: dict[str, Path]) -> None:
     per_seed = publish_dir / "leaderboard-per-seed.csv"
     per_seed.write_text(render_csv(build_table(results, layout="paper", per_seed=True)), encoding="utf-8")
     print(f"wrote {per_seed}", flush=True)
+    paired_tests(results, publish_dir)
     for name, values in train_seconds(folders).items():
         print(f"{name}: training {sum(values) / len(values):.0f}s per seed (n={len(values)}, loaded machine)", flush=True)
 
@@ -113,18 +155,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--cards", nargs="+", default=list(CARDS), metavar="CARD")
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--stages", nargs="+", default=["train", "score", "det", "publish"], choices=STAGES)
     parser.add_argument("--out", type=Path, default=Path("runs/like-for-like"))
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--publish-dir", type=Path, default=Path("leaderboard/like-for-like"))
     args = parser.parse_args()
 
     index = args.out / "CHECKPOINTS.json"
-    folders = train_all(args.cards, args.seeds, args.out / "checkpoints", args.data_dir, index)  # reused when trained
+    if "train" in args.stages:
+        folders = train_all(args.cards, args.seeds, args.out / "checkpoints", args.data_dir, index)
+    else:
+        folders = {key: Path(folder) for key, folder in json.loads(index.read_text()).items()}
     if "score" in args.stages:
         score_all(folders, synth_task_cards(), args.out / "results", args.data_dir)
     if "det" in args.stages:
         det_with_trained_backbone(folders, args.out, args.data_dir)
+    if "bidir" in args.stages:
+        bidirectional_text(folders, args.seeds, args.out, args.out / "checkpoints", args.data_dir)
     if "publish" in args.stages:
         publish(args.out / "results", args.publish_dir, folders)
 

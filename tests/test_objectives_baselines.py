@@ -4,6 +4,7 @@ option checks. The vectorised code under test never appears in a reference."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -393,3 +394,47 @@ def test_unknown_option_and_objective():
         build_objective("filip", tau1=4.0)
     with pytest.raises(SparcEvalError, match="unknown objective 'lilip'"):
         build_objective("lilip")
+
+
+# ----------------------------------------------------------------------------- through `sparc-eval train`
+
+MICRO = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["filip", "pacl", "gloria", "mgca"])
+def test_train_cli_each_baseline(objective, synth_root, tmp_path, monkeypatch, capsys):
+    from sparc_eval import load_model
+    from sparc_eval.cli import main
+    from sparc_eval.models.sparc import PRESETS
+
+    monkeypatch.setitem(PRESETS, "micro", MICRO)
+    out = tmp_path / objective
+    extra = {"mgca": ["--option", "n_prototypes=8", "--option", "freeze_prototypes_steps=1"], "gloria": ["--option", "tau1=2"]}
+    args = ["train", "--data", synth_root, "--out", out, "--arch", "micro", "--objective", objective, "--steps", "2"]
+    args += ["--batch-size", "8", "--warmup", "1", "--log-every", "1", "--lambda-g", "0.5", "--text-attention", "bidirectional"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args + extra.get(objective, [])])
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["objective"]["name"] == objective and config["objective"]["lambda_g"] == 0.5
+    assert config["training"]["text_attention"] == "bidirectional" and config["model"]["text_cfg"]["no_causal_mask"]
+    if objective == "gloria":
+        assert config["objective"]["tau1"] == 2.0
+    model = load_model(str(out))
+    described = model.describe()
+    assert described["objective"]["name"] == objective and described["text_attention"].startswith("bidirectional")
+    assert described["training"]["seed"] == 0 and described["training"]["recipe"]["objective"]["name"] == objective
+    images = torch.randn(2, 3, 32, 32)
+    local, grid = model.encode_image_dense(images, head="local")
+    assert local.shape == (2, 16, 32) and grid == (4, 4)
+    plain = model.g_v(model.patch_features(images))
+    if objective == "pacl":  # PACL's embedder is the local head: g_v plus its trained MLP branch
+        assert "MLP" in described["dense_heads"]["local"] and not torch.allclose(local, plain)
+    else:
+        torch.testing.assert_close(local, plain)
+    assert (out / "objective.safetensors").exists() == (objective == "mgca")

@@ -154,3 +154,24 @@ def test_table_cli_per_seed_and_paired(results):
     assert per_seed.code == 0 and "(3 seeds)" not in per_seed.stdout
     bad = run_cli("table", results, "--paired", "tiny-clip", "nothing")
     assert bad.code == 2 and "no row 'nothing' in the results" in bad.stderr
+
+
+def test_paired_test_recomputes_other_metrics_with_the_runners_aggregate(tmp_path):
+    # mean per-class recall has no per-image outcome: each resample is re-aggregated per seed. Classes 0 and 1,
+    # 100 images each. A: class 0 half right, class 1 never (0.25); B: class 0 always, class 1 half (0.75).
+    folder = tmp_path / "results"
+    n = 200
+
+    def samples(right):
+        return [{"id": i, "label": i % 2, "top1": int(right(i)), "top5": 1} for i in range(n)]
+
+    a = samples(lambda i: i % 2 == 0 and i % 4 == 0)
+    b = samples(lambda i: i % 2 == 0 or i % 4 == 1)
+    for seed in (0, 1):
+        _write(folder, "A", seed, RECIPE, "synth-cls", {"top1": 0.125, "mean_per_class_recall": 0.25}, samples=a)
+        _write(folder, "B", seed, {**RECIPE, "lr": 1.0}, "synth-cls", {"top1": 0.625, "mean_per_class_recall": 0.75}, samples=b)
+    groups = group_entries(collect(folder)[0])
+    results = paired_test(find_group(groups, "A"), find_group(groups, "B"), n_bootstrap=300, n_bootstrap_aggregate=100)
+    mpcr = next(c for c in results if c.metric == "mean_per_class_recall")
+    assert mpcr.test == "bootstrap" and mpcr.delta == pytest.approx(0.5)
+    assert mpcr.p_value < 0.05 and 0.35 < mpcr.ci_low < mpcr.ci_high < 0.65

@@ -161,7 +161,7 @@ class MgcaObjective(nn.Module):
         with torch.no_grad():
             self.prototypes.copy_(F.normalize(self.prototypes, dim=-1))
         training = torch.is_grad_enabled() and self.training
-        frozen = self.steps_seen < self.freeze_prototypes_steps
+        frozen = self.freeze_prototypes_steps > 0 and bool(self.steps_seen < self.freeze_prototypes_steps)
         prototypes = self.prototypes.detach() if frozen else self.prototypes
         p = mgca_prototype_loss(
             out["image_emb"],

@@ -122,14 +122,24 @@ class PairedComparison:
         return None if self.mean_a is None or self.mean_b is None else self.mean_b - self.mean_a
 
 
-def paired_test(a: SeedGroup, b: SeedGroup, *, n_bootstrap: int = 1000, seed: int = 0) -> list[PairedComparison]:
-    """Group b against group a on every task both were scored on (see the module doc)."""
+def paired_test(
+    a: SeedGroup,
+    b: SeedGroup,
+    *,
+    n_bootstrap: int = 1000,
+    n_bootstrap_aggregate: int | None = None,
+    seed: int = 0,
+    tasks: Iterable[str] | None = None,
+) -> list[PairedComparison]:
+    """Group b against group a on every task both were scored on, or on `tasks` only (see the module doc).
+    `n_bootstrap_aggregate` (default: n_bootstrap) resamples the metrics that the runner's aggregate recomputes."""
     from sparc_eval.results.regress import _binary_outcomes, _mcnemar, _pair_samples
 
     if n_bootstrap < 1:
         raise SparcEvalError(f"--bootstrap must be at least 1, got {n_bootstrap}")
     out: list[PairedComparison] = []
-    tasks = [t for t in dict.fromkeys(e.task for e in a.entries) if b.by_task(t)]
+    wanted = None if tasks is None else set(tasks)
+    tasks = [t for t in dict.fromkeys(e.task for e in a.entries) if b.by_task(t) and (wanted is None or t in wanted)]
     for task in tasks:
         ea, eb = a.by_task(task), b.by_task(task)
         reference = ea[0]
@@ -141,6 +151,7 @@ def paired_test(a: SeedGroup, b: SeedGroup, *, n_bootstrap: int = 1000, seed: in
                 raise SparcEvalError(f"{a.name} vs {b.name} on {task}: {paired}")
             (rows_a if entry in ea else rows_b).append(paired[1])
         rng = np.random.default_rng([seed, zlib.crc32(f"{a.name}/{b.name}/{task}".encode())])
+        recomputed: list[PairedComparison] = []  # metrics without per-image outcomes: one aggregate pass for all
         for metric, m in reference.record.metrics.items():
             va = [e.record.metrics[metric].value for e in ea if metric in e.record.metrics]
             vb = [e.record.metrics[metric].value for e in eb if metric in e.record.metrics]
@@ -167,7 +178,9 @@ def paired_test(a: SeedGroup, b: SeedGroup, *, n_bootstrap: int = 1000, seed: in
                 if len(rows_a) == 1 and len(rows_b) == 1:
                     comparison.test, comparison.p_value = "McNemar", _mcnemar(per_a.astype(bool), per_b.astype(bool))
             else:
-                _bootstrap_aggregate(comparison, ea, rows_a, rows_b, rng, n_bootstrap)
+                recomputed.append(comparison)
+        if recomputed:
+            _bootstrap_aggregate(recomputed, ea, rows_a, rows_b, rng, n_bootstrap_aggregate or n_bootstrap)
     return out
 
 
@@ -191,33 +204,41 @@ def _bootstrap_means(c: PairedComparison, per_a: np.ndarray, per_b: np.ndarray, 
 
 
 def _bootstrap_aggregate(
-    c: PairedComparison, entries_a: list[Entry], rows_a: list[list[dict]], rows_b: list[list[dict]], rng: Any, n_bootstrap: int
+    comparisons: list[PairedComparison],
+    entries_a: list[Entry],
+    rows_a: list[list[dict]],
+    rows_b: list[list[dict]],
+    rng: Any,
+    n_bootstrap: int,
 ) -> None:
-    """Resample images; each seed's metric recomputed by the runner's aggregate; groups compared by their seed means."""
+    """Resample images; each seed's metrics recomputed by the runner's aggregate; groups compared by their seed means."""
     from sparc_eval.results.regress import _recorded_params
     from sparc_eval.tasks.runner import get_runner
 
     runner = get_runner(str(entries_a[0].record.task["runner"]))
     params = _recorded_params(entries_a[0], runner)
     n = len(rows_a[0])
-    deltas = []
+    deltas: dict[str, list[float]] = {c.metric: [] for c in comparisons}
     try:
         for _ in range(n_bootstrap):
             idx = rng.integers(0, n, size=n)
-            means = []
-            for side in (rows_a, rows_b):
-                values = [runner.aggregate([rows[i] for i in idx], params).get(c.metric) for rows in side]
-                values = [v for v in values if v is not None]
-                means.append(sum(values) / len(values) if values else None)
-            if None not in means:
-                deltas.append(means[1] - means[0])
+            sides = [[runner.aggregate([rows[i] for i in idx], params) for rows in side] for side in (rows_a, rows_b)]
+            for metric, values in deltas.items():
+                means = []
+                for side in sides:
+                    defined = [v for v in (agg.get(metric) for agg in side) if v is not None]
+                    means.append(sum(defined) / len(defined) if defined else None)
+                if None not in means:
+                    values.append(means[1] - means[0])
     except NotImplementedError:
-        c.note = f"runner {entries_a[0].record.task['runner']!r} cannot recompute its metrics from per-sample records"
+        for c in comparisons:
+            c.note = f"runner {entries_a[0].record.task['runner']!r} cannot recompute its metrics from per-sample records"
         return
-    if not deltas:
-        c.note = "the metric was undefined on every resample"
-        return
-    _finish(c, np.asarray(deltas))
+    for c in comparisons:
+        if not deltas[c.metric]:
+            c.note = "the metric was undefined on every resample"
+        else:
+            _finish(c, np.asarray(deltas[c.metric]))
 
 
 def find_group(groups: dict[str, SeedGroup], ref: str) -> SeedGroup:
