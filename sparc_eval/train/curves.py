@@ -19,7 +19,8 @@ def plot_loss_curves(rows: list[dict], path: Path, title: str) -> None:
 
     steps = [r["step"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    left.plot(steps, [r["global"] for r in rows], label="global (contrastive)")
+    if all("global" in r for r in rows):  # every objective reports "total"; the parts are its own
+        left.plot(steps, [r["global"] for r in rows], label="global (contrastive)")
     if all("fine" in r for r in rows):
         left.plot(steps, [r["fine"] for r in rows], label="fine-grained (trained)")
     if all("images" in r for r in rows):

@@ -345,9 +345,10 @@ def train(cfg: TrainConfig) -> Path | None:
                     rows.append(row)
                     t_window, n_window = now, 0
                     if progress:
-                        fine = f" f {row['fine']:.3f}" if "fine" in row else ""
+                        # Only "total" is promised by every objective (a plugin's may have no global or fine part).
+                        terms = "".join(f" {abbr} {row[k]:.3f}" for k, abbr in (("global", "g"), ("fine", "f")) if k in row)
                         info = (
-                            f"loss {row['loss']:.3f} g {row['global']:.3f}{fine} | fine matched {row['fine_matched']:.3f} "
+                            f"loss {row['loss']:.3f}{terms} | fine matched {row['fine_matched']:.3f} "
                             f"vs mismatched {row['fine_mismatched']:.3f} | {row['samples_per_s']:.0f} samples/s"
                         )
                         progress.update(task, info=info)
