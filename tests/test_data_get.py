@@ -211,6 +211,7 @@ def test_an_interrupted_download_resumes_with_a_range_request(server, files, tmp
     first = cli(capsys, "data", "get", "coco2017-val", "--root", root, "--sources", sources, "--retries", 0)
     one_line_error(first, "val2017.zip", "run the same command again to resume")
     assert (root / ".downloads/val2017.zip.part").read_bytes() == data[:half]
+    assert [p.name for p in (root / ".downloads").iterdir()] == ["val2017.zip.part"]  # the partial file, nothing else
     assert not (root / "coco").exists()  # nothing unpacked from a partial file
     second = cli(capsys, "data", "get", "coco2017-val", "--root", root, "--sources", sources)
     assert second.code == 0, second.err
@@ -241,6 +242,16 @@ def test_a_server_that_ignores_ranges_is_read_again_from_the_start(server, files
     assert result.code == 0, result.err
     with zipfile.ZipFile(io.BytesIO(files["caption_datasets.zip"])) as zf:
         assert (root / "coco/dataset_coco.json").read_bytes() == zf.read("dataset_coco.json")
+
+
+def test_a_missing_file_on_the_server_is_one_line_and_leaves_nothing(server, files, tmp_path, capsys):
+    sources = _sources(server, files, tmp_path / "sources.yaml")
+    del server.state.files["val2017.zip"]
+    before = tree(tmp_path)
+    one_line_error(
+        cli(capsys, "data", "get", "coco2017-val", "--root", tmp_path / "data", "--sources", sources), "val2017.zip", "HTTP 404"
+    )
+    assert tree(tmp_path) == before
 
 
 def test_a_wrong_checksum_is_one_line_and_nothing_is_unpacked(server, files, tmp_path, capsys):

@@ -228,6 +228,7 @@ def _lock(path: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            path.unlink(missing_ok=True)  # while still held, so no other process is locking this file
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -317,7 +318,6 @@ def fetch(src: FileSource, downloads: Path, *, retries: int = 3, wait_s: float =
         if not part.exists():
             part.touch()  # an empty file that the server sent as such
         os.replace(part, final)
-    (downloads / f"{src.name}.lock").unlink(missing_ok=True)
     return final
 
 
