@@ -285,6 +285,10 @@ def _card(tmp_path: Path, **params) -> Path:
 def test_bad_params_name_the_card_and_key(tmp_path, params, needle):
     from sparc_eval.tasks.card import load_card, validate_params
 
-    card = load_card(_card(tmp_path, **params))
-    with pytest.raises(SparcEvalError, match=needle):
-        DetectionRunner(card, validate_params(Params, card.params, card), ctx=None)
+    path = _card(tmp_path, **params)
+    with pytest.raises(SparcEvalError, match=needle) as info:  # when the card is loaded, before any model
+        load_card(path)
+    assert str(path) in str(info.value)
+    card = load_card(_card(tmp_path))
+    with pytest.raises(SparcEvalError, match=needle):  # and by the runner itself, for params built in code
+        DetectionRunner(card, validate_params(Params, params, card), ctx=None)
