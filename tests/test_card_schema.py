@@ -268,3 +268,15 @@ def test_cards_validate(tmp_path):
     assert everything.code == 0 and "task card" in everything.stdout and "checkpoint card" in everything.stdout
     with_folder = run_cli("cards", "validate", "--cards", folder)
     assert with_folder.code == 2 and str(bad_task) in with_folder.stderr
+
+
+def test_a_card_in_a_card_folder_is_named_as_its_file(tmp_path, monkeypatch):
+    from sparc_eval.cli.cards import validate_card_file
+
+    folder = tmp_path / "cards"
+    folder.mkdir()
+    path = _card(folder, TASK, "not-my-det.yaml")
+    assert validate_card_file(path) == "task card"  # anywhere else, a card given by path may have any file name
+    monkeypatch.setenv("SPARC_EVAL_CARDS", str(folder))
+    with pytest.raises(SparcEvalError, match="its name 'my-det' differs from its file name"):
+        validate_card_file(path)

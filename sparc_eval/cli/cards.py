@@ -47,7 +47,7 @@ def _card_files(paths: list[Path]) -> list[Path]:
 
 def validate_card_file(path: Path) -> str:
     """Load the card at `path` completely, as `run` or `quickstart` would (no data read, no model built); its kind."""
-    from sparc_eval.card_files import CHECKPOINT, SUFFIXES, TASK, read_card
+    from sparc_eval.card_files import SUFFIXES, TASK, read_card, search_dirs
     from sparc_eval.errors import SparcEvalError
 
     if path.suffix not in SUFFIXES:
@@ -56,11 +56,15 @@ def validate_card_file(path: Path) -> str:
     if kind == TASK:
         from sparc_eval.tasks.card import load_card
 
-        load_card(str(path))
-    elif kind == CHECKPOINT:
+        name = load_card(str(path)).name
+    else:
         from sparc_eval.checkpoint_cards import load_checkpoint_card
 
-        load_checkpoint_card(str(path))
+        name = load_checkpoint_card(str(path)).name
+    if path.parent.resolve() in {d.resolve() for d in search_dirs(kind)} and name != path.stem:
+        raise SparcEvalError(
+            f"{kind} {path}: its name {name!r} differs from its file name; a card in a card folder is found by it"
+        )
     return kind
 
 
