@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from sparc_eval.data.sugarcrepe import SUGARCREPE_TYPES
 from sparc_eval.data.synth_negatives import NEGATIVE_TYPES as SYNTH_TYPES
 from sparc_eval.errors import SparcEvalError
-from sparc_eval.progress import track
 from sparc_eval.tasks.card import TaskCard
 from sparc_eval.tasks.runner import Runner, TaskOutput, require_finite
 
@@ -42,11 +41,7 @@ class HardNegativesParams:
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "image": torch.stack([item["image"] for item in items]),
-        "path": [item["path"] for item in items],
-        "entries": [item["entries"] for item in items],
-    }
+    return {"image": torch.stack([item["image"] for item in items])}
 
 
 def entry_correct(positive_score: float, negative_scores: list[float]) -> bool:
@@ -74,55 +69,45 @@ class HardNegativesRunner(Runner):
             )
 
     def evaluate(self, model: torch.nn.Module) -> TaskOutput:
-        dataset = self.ctx.limited(self.open(self.card.dataset, transform=model.preprocess))
-        image_chunks, entries, image_of, n_images = [], [], [], 0
-        for batch in track(self.ctx.loader(dataset, collate_fn=_collate), f"{self.card.name}: encoding images"):
-            with self.ctx.autocast():
-                emb = model.encode_image(batch["image"].to(self.ctx.device))
-            image_chunks.append(F.normalize(emb.float(), dim=-1).cpu())
-            for path, image_entries in zip(batch["path"], batch["entries"]):
-                entries.extend({**entry, "image": path} for entry in image_entries)
-                image_of.extend([n_images] * len(image_entries))
-                n_images += 1
-        image_emb = torch.cat(image_chunks)
-        require_finite(image_emb, "image", model)
+        base = self.open(self.card.dataset, transform=model.preprocess)
+        dataset = self.ctx.limited(base)
+        images = F.normalize(
+            self.ctx.image_features(model, dataset, model.encode_image, "image", model.preprocess, collate_fn=_collate), dim=-1
+        )
+        require_finite(images, "image", model)
+        entries = [(row, entry) for row in range(len(dataset)) for entry in base.entries[row]]
+        texts = list(dict.fromkeys(t for _, e in entries for t in (e["positive"], *e["negatives"])))
+        captions = F.normalize(self.ctx.text_features(model, texts, model.encode_text, "text"), dim=-1)
+        require_finite(captions, "caption", model)
 
-        texts = list(dict.fromkeys(t for e in entries for t in (e["positive"], *e["negatives"])))
         text_index = {t: i for i, t in enumerate(texts)}
-        text_chunks = []
-        bs = self.ctx.batch_size
-        for start in track(range(0, len(texts), bs), f"{self.card.name}: encoding captions"):
-            tokens = model.tokenize(texts[start : start + bs]).to(self.ctx.device)
-            with self.ctx.autocast():
-                text_chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
-        text_emb = torch.cat(text_chunks)
-        require_finite(text_emb, "caption", model)
-
-        image64, text64 = image_emb.double(), text_emb.double()
+        images64, captions64 = images.double(), captions.double()
         samples = []
-        for entry, row in zip(entries, image_of):
+        rows = self.ctx.world.shard(len(entries))  # this rank scores its slice; the records are gathered in order
+        for row, entry in entries[rows.start : rows.stop]:
             candidates = [text_index[entry["positive"]], *(text_index[n] for n in entry["negatives"])]
-            scores = (text64[candidates] @ image64[row]).tolist()
+            scores = (captions64[candidates] @ images64[row]).tolist()
             right = int(entry_correct(scores[0], scores[1:]))
             samples.append(
                 {
                     "id": entry["id"],
                     "type": entry["type"],
-                    "image": entry["image"],
+                    "image": str(base.paths[row]),
                     "positive": entry["positive"],
                     "negatives": entry["negatives"],
                     "positive_score": scores[0],
                     "negative_scores": scores[1:],
                     "n_candidates": len(candidates),
                     "correct": right,
-                    f"acc_{entry['type']}": right,  # the metric's name: regress runs McNemar on it
+                    f"acc_{entry['type']}": right,  # named like the metric: regress runs McNemar on it
                 }
             )
+        samples = self.ctx.gather(samples)
         counts: dict[str, int] = {}
         for s in samples:
             counts[s["type"]] = counts.get(s["type"], 0) + 1
         info = {
-            "n_images": len(image_emb),
+            "n_images": len(images),
             "n_entries": counts,
             "n_ties": sum(any(n == s["positive_score"] for n in s["negative_scores"]) for s in samples),
             "protocol": "image-to-text: right when the positive caption's score is strictly above every negative's",
