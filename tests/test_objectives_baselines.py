@@ -438,3 +438,34 @@ def test_train_cli_each_baseline(objective, synth_root, tmp_path, monkeypatch, c
     else:
         torch.testing.assert_close(local, plain)
     assert (out / "objective.safetensors").exists() == (objective == "mgca")
+
+
+# ----------------------------------------------------------------------------- the text tower's attention
+
+
+def test_bidirectional_text_tower_sees_later_words_never_padding():
+    from sparc_eval.models.sparc import create_model
+
+    torch.manual_seed(0)
+    causal = create_model("tiny")
+    torch.manual_seed(0)
+    bidirectional = create_model("tiny", text_cfg={"no_causal_mask": True})
+    tokens = causal.tokenize(["a red circle left of a blue square"])
+    later = tokens.clone()
+    later[0, 5] = causal.tokenize(["green"])[0, 1]  # another word after position 1
+    padded = tokens.clone()
+    end = int((tokens[0] == causal.tokenizer.eot_token_id).nonzero())
+    padded[0, end + 1 :] = 1234  # junk after the end marker
+    with torch.no_grad():
+        first = {
+            name: (m.token_features(tokens), m.token_features(later), m.token_features(padded))
+            for name, m in (("causal", causal), ("bidirectional", bidirectional))
+        }
+    same, changed, _ = first["causal"]
+    torch.testing.assert_close(same[0, 1], changed[0, 1])  # causal: word 1 cannot see word 5
+    plain, other, junk = first["bidirectional"]
+    assert not torch.allclose(plain[0, 1], other[0, 1])  # bidirectional: it can
+    torch.testing.assert_close(plain[0, : end + 1], junk[0, : end + 1])  # and never sees the padding
+    assert (
+        bidirectional.describe()["text_attention"].startswith("bidirectional") and causal.describe()["text_attention"] == "causal"
+    )
