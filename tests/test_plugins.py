@@ -158,7 +158,7 @@ def test_run_a_plugin_task_on_a_plugin_model(plugin, tmp_path):
 
 
 def test_tasks_lists_the_plugin_card(plugin):
-    result = plugin_cli(plugin["site"], "tasks", "--json", env={"SPARC_EVAL_CARDS": str(plugin["card"].parent)})
+    result = plugin_cli(plugin["site"], "tasks", "--cards", plugin["card"].parent, "--json")  # as CONTRIBUTING.md says
     assert result.code == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["colour-choice"]["runner"] == "caption-choice"
