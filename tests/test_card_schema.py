@@ -240,7 +240,9 @@ def test_tasks_and_cards_options_on_the_command_line(tmp_path):
     assert listed.code == 0, listed.stderr
     assert "probe" in listed.stdout and "synth-cls" not in listed.stdout
     quick = run_cli("tasks", "--tag", "quickstart")
-    assert quick.code == 0 and "synth-cls" in quick.stdout and "coco-retrieval" not in quick.stdout and "probe" not in quick.stdout
+    assert (
+        quick.code == 0 and "synth-cls" in quick.stdout and "coco-retrieval" not in quick.stdout and "probe" not in quick.stdout
+    )
     assert_one_line_error(run_cli("tasks", "--cards", tmp_path / "nope"), "card folder", "nope")
 
 
