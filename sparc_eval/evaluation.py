@@ -19,7 +19,7 @@ import torch
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.models.loaders import load_model
 from sparc_eval.progress import console
-from sparc_eval.provenance import git_revision, package_versions
+from sparc_eval.provenance import git_revision, numerics, package_versions
 from sparc_eval.results.record import (
     RECORD_SUFFIX,
     MetricValue,
@@ -234,6 +234,7 @@ def run_evaluation(
         **settings,
         num_workers=num_workers,
         threads=torch.get_num_threads(),
+        numerics=numerics(),
         wall_time_s=round(wall, 3),
         throughput=round(output.n_samples / wall, 3) if wall > 0 else 0.0,
         fit_time_s=None if fit_time is None else round(fit_time, 3),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,14 +84,17 @@ def read_weights_file(path: Path, *, trust_pickle: bool) -> dict[str, torch.Tens
         obj = read_safetensors(path)
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+            with warnings.catch_warnings():  # torch's notes on pickle protocols would add lines to a one-line error
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
         except pickle.UnpicklingError as exc:
             # weights_only refuses any global outside torch's tensor allowlist before calling it.
             code = re.search(r"GLOBAL ([\w.]+)", str(exc))
-            if code is None:
+            refused = code.group(1) if code else _first_disallowed_global(path)
+            if refused is None:
                 raise SparcEvalError(f"{path} is not a readable torch weights file (it does not unpickle as tensors)") from None
             raise SparcEvalError(
-                f"refusing to load {path}: unpickling it would call {code.group(1)}; pass trust_pickle=True only if you trust where the file came from"
+                f"refusing to load {path}: unpickling it would call {refused}; pass --trust-pickle (trust_pickle=True) only if you trust where the file came from"
             ) from None
         except (RuntimeError, EOFError, OSError) as exc:
             raise SparcEvalError(f"{path} is not a readable torch weights file ({str(exc).splitlines()[0]})") from None
@@ -105,6 +109,44 @@ def read_weights_file(path: Path, *, trust_pickle: bool) -> dict[str, torch.Tens
     if all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
+
+
+def _first_disallowed_global(path: Path) -> str | None:
+    """The first global a pickle would import that torch's weights-only allowlist lacks, read with pickletools
+    (which only parses: nothing is imported or called). Covers pickles torch rejects before naming one (an
+    unsupported opcode of a newer protocol). A torch zip archive is read through its data.pkl."""
+    import io
+    import pickletools
+    import zipfile
+
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    allowed = set(_get_allowed_globals())
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if opcode.name in ("GLOBAL", "INST"):
+                target = str(arg).replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                target = f"{strings[-2]}.{strings[-1]}"
+            else:
+                if isinstance(arg, str):
+                    strings.append(arg)
+                continue
+            if target not in allowed:
+                return target
+    except Exception:  # a malformed stream: whatever was read so far named nothing outside the allowlist
+        return None
+    return None
 
 
 def load_openclip(spec: str, *, trust_pickle: bool) -> nn.Module:

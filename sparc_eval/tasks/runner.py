@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from sparc_eval.data.registry import open_dataset
 from sparc_eval.data.synth import ensure_synthscenes
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.fileio import inside
 from sparc_eval.progress import track
 from sparc_eval.registry import Registry
 from sparc_eval.tasks.card import DatasetSpec, TaskCard
@@ -77,8 +78,9 @@ class RunContext:
     unstored_features: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def artifact(self, name: str) -> Path:
-        """Path of an extra file that belongs to this run's record, e.g. artifact("detections.json")."""
-        return self.work_dir / f"{self.record_stem}.{name}"
+        """Path of an extra file that belongs to this run's record, e.g. artifact("detections.json"); a name that
+        would lead outside the results folder is refused."""
+        return inside(self.work_dir, f"{self.record_stem}.{name}", "artifact name")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast when asked for (this CPU runs bf16 matmuls ~2.5x faster than fp32); a no-op otherwise."""

@@ -261,6 +261,8 @@ def train(cfg: TrainConfig) -> Path | None:
             f"{periodic} holds checkpoints of an unfinished run; pass --resume to continue it or remove the folder"
         )
     device = _pick_device(cfg)
+    if device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace; read when cuBLAS first starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     model, objective = build_model_and_objective(cfg, device)
     batches = PairBatches(cfg.data, cfg.batch_size, cfg.seed, transform=model.preprocess)
     optimizer = make_optimizer(nn.ModuleList([model, objective]), cfg)
@@ -275,6 +277,10 @@ def train(cfg: TrainConfig) -> Path | None:
     elif cfg.resume and int(os.environ.get("RANK", "0")) == 0:
         progress_console.print(f"nothing to resume in {periodic}: starting at step 0", highlight=False)
 
+    # Deterministic kernels wherever an op has a choice (CUDA index/scatter ops). On CPU the measured weights are the
+    # same bits with and without it (README, "What a seed reproduces"); the previous setting is restored on return.
+    deterministic_before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
     rank, world, created_group = _init_distributed(device)
     try:
         if cfg.batch_size % world:
@@ -380,6 +386,7 @@ def train(cfg: TrainConfig) -> Path | None:
     finally:
         if created_group:
             dist.destroy_process_group()
+        torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
     return out if rank == 0 else None
 
 
