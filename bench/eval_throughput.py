@@ -9,9 +9,11 @@ when the machine's speed drifts. Three parts:
    achieved rate is reported as a share of the matmul rate of the same precision. Then `sparc-eval run`'s
    own path (`run_evaluation` on synth-cls: decoding, preprocessing, text prompts, records) in images/s.
 3. peer: zero-shot classification against CLIP_benchmark's `zeroshot_classification.evaluate` on the same
-   open_clip model (random-init ViT-B-32, identical weights), the same SynthScenes images, threads, batch size
-   and DataLoader workers, interleaved: images/s of the whole zero-shot evaluation (prompts + images + scores),
-   the ratio to CLIP_benchmark fp32, and top-1 of each. Needs clip-benchmark, which stays out of sparc-eval's
+   open_clip model (random-init ViT-B-32, identical weights), the same SynthScenes images and 36 classes,
+   threads, batch size and DataLoader workers, interleaved: images/s of the whole zero-shot evaluation
+   (prompts + images + scores) and of its image half alone (CLIP_benchmark's run_classification with a ready
+   classifier; sparc-eval with the class prompts in its feature cache), the ratio to CLIP_benchmark fp32,
+   top-1, and how many images get the same top-1 class as CLIP_benchmark fp32. Needs clip-benchmark, which stays out of sparc-eval's
    dependencies: python -m venv --system-site-packages V && V/bin/pip install clip-benchmark==1.6.2 requests
    "numpy<2.4", then run this file with V/bin/python.
 4. retrieval: `retrieval_ranks` over N captions (5 per image, D=512) for two N, each in a fresh process;
@@ -158,16 +160,31 @@ def bench_run(ckpts: dict[str, str], n_val: int, precisions: tuple[str, ...], wo
 # ------------------------------------------------------------------------------------- peer: CLIP_benchmark
 
 
+class _LabelledImages(torch.utils.data.Dataset):
+    """A sparc-eval imagefolder dataset as (image, label) pairs with `.classes`, the interface CLIP_benchmark reads."""
+
+    def __init__(self, dataset):
+        self.dataset, self.classes = dataset, list(dataset.classnames)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        return item["image"], item["label"]
+
+
 def bench_peer(n_val: int, image_size: int, reps: int, workers: int, batch: int) -> list[dict]:
     """sparc-eval's synth-cls against CLIP_benchmark's zero-shot evaluate on one open_clip model, interleaved."""
     import open_clip
-    import torchvision
     from clip_benchmark.metrics import zeroshot_classification
 
+    from sparc_eval.data.registry import open_dataset
     from sparc_eval.data.synth import generate_synthscenes
     from sparc_eval.evaluation import run_evaluation
     from sparc_eval.models.loaders import OPENCLIP_INIT_SEED, load_model
     from sparc_eval.models.sparc import state_dict_sha256
+    from sparc_eval.results.record import load_samples
     from sparc_eval.tasks.card import load_card
 
     ckpt = "openclip:ViT-B-32"
@@ -178,29 +195,39 @@ def bench_peer(n_val: int, image_size: int, reps: int, workers: int, batch: int)
     if state_dict_sha256(peer_model) != load_model(ckpt).describe()["sha256"]:
         raise SystemExit("CLIP_benchmark's model and sparc-eval's differ: the comparison would not be like for like")
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tree = load_card("synth-cls").synthscenes_dir(tmp / "data")
         tree.parent.mkdir()
         generate_synthscenes(tree, seed=0, n_train=8, n_val=n_val, image_size=image_size, workers=1)
         folder = tree / "imagefolder"
-        names = {line.replace(" ", "_"): line for line in (folder / "classnames.txt").read_text().split("\n") if line}
-        dataset = torchvision.datasets.ImageFolder(folder / "val", transform=peer_preprocess)
-        classnames = [names[c] for c in dataset.classes]  # ImageFolder's (sorted-folder) label order
+        # The same images, labels and all 36 classes as synth-cls (torchvision's ImageFolder would know only the
+        # classes with a folder in this split), as the (image, label) pairs and `.classes` CLIP_benchmark reads.
+        dataset = _LabelledImages(open_dataset("imagefolder", folder, "val", transform=peer_preprocess))
+        classnames = dataset.classes
         templates = [t.replace("{}", "{c}") for t in (folder / "templates.txt").read_text().split("\n") if t]
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers)
 
-        def peer(amp: bool):
-            def run():
-                metrics = zeroshot_classification.evaluate(peer_model, loader, tokenizer, classnames, templates, "cpu", amp=amp)
-                return metrics["acc1"]
+        def peer_whole():  # CLIP_benchmark's evaluate: the classifier (one class's templates per batch), then the images
+            start = time.perf_counter()
+            metrics = zeroshot_classification.evaluate(peer_model, loader, tokenizer, classnames, templates, "cpu", amp=False)
+            return metrics["acc1"], None, time.perf_counter() - start
 
-            return run
+        classifier = zeroshot_classification.zero_shot_classifier(peer_model, tokenizer, classnames, templates, "cpu", amp=False)
 
-        def ours(precision: str):
+        def peer_images():  # the image half of evaluate, with the classifier above
+            start = time.perf_counter()
+            logits, target = zeroshot_classification.run_classification(peer_model, classifier, loader, "cpu", amp=False)
+            seconds = time.perf_counter() - start
+            predictions = logits.argmax(dim=1)
+            return float((predictions == target).float().mean()), predictions.tolist(), seconds
+
+        def ours(precision: str, images_only: bool):
             def run():
-                record = run_evaluation(
+                if images_only:  # keep the class-prompt entries of the warm-up round, encode the images again
+                    for entry in (tmp / "results" / "cache" / "features").rglob("image-*.safetensors"):
+                        entry.unlink()
+                evaluation = run_evaluation(
                     ckpt,
                     "synth-cls",
                     out=tmp / "results",
@@ -209,37 +236,50 @@ def bench_peer(n_val: int, image_size: int, reps: int, workers: int, batch: int)
                     num_workers=workers,
                     batch_size=batch,
                     force=True,
-                    cache=False,
-                ).record
-                return record.metrics["top1"].value
+                    cache=images_only,
+                )
+                predictions = [s["predictions"][0] for s in load_samples(evaluation.path, evaluation.record)]
+                # The record's wall time: everything after loading the model (dataset, prompts, images, scores).
+                return evaluation.record.metrics["top1"].value, predictions, evaluation.record.wall_time_s
 
             return run
 
         configs = {
-            "CLIP_benchmark fp32 (amp=False)": peer(False),
-            "CLIP_benchmark amp (bf16 autocast, fp32 weights)": peer(True),
-            "sparc-eval fp32": ours("fp32"),
-            "sparc-eval bf16": ours("bf16"),
+            "CLIP_benchmark fp32 evaluate": peer_whole,
+            "sparc-eval fp32": ours("fp32", False),
+            "sparc-eval bf16": ours("bf16", False),
+            "CLIP_benchmark fp32, images only": peer_images,
+            "sparc-eval fp32, images only (prompts cached)": ours("fp32", True),
+            "sparc-eval bf16, images only (prompts cached)": ours("bf16", True),
         }
         times: dict[str, list[float]] = {name: [] for name in configs}
-        top1: dict[str, float] = {}
-        for rep in range(reps + 1):  # the first round warms up (thread pools, kernels, file cache) and is not counted
+        results: dict[str, tuple] = {}
+        for rep in range(reps + 1):  # the first round warms up (thread pools, kernels, file cache, prompt entries)
             for name, run in configs.items():
-                start = time.perf_counter()
-                top1[name] = run()
+                results[name] = run()
                 if rep:
-                    times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["CLIP_benchmark fp32 (amp=False)"])
+                    times[name].append(results[name][2])
+    reference = results["CLIP_benchmark fp32, images only"][1]
+    rows = []
     for name in configs:
         t = statistics.median(times[name])
-        rows[name] = {
-            "evaluator": name,
-            "images": n_val,
-            "images_per_s": n_val / t,
-            "x_clip_benchmark_fp32": base / t,
-            "top1": 100 * top1[name],
-        }
-    return list(rows.values())
+        base = statistics.median(
+            times["CLIP_benchmark fp32 evaluate" if "images only" not in name else "CLIP_benchmark fp32, images only"]
+        )
+        predictions = results[name][1]  # None for CLIP_benchmark's evaluate: it returns metrics only
+        rows.append(
+            {
+                "evaluator": name,
+                "images": n_val,
+                "images_per_s": n_val / t,
+                "x_clip_benchmark_fp32": base / t,
+                "top1": 100 * results[name][0],
+                "same_top1_as_clip_benchmark": "n/a"
+                if predictions is None
+                else f"{sum(a == b for a, b in zip(predictions, reference))}/{len(reference)}",
+            }
+        )
+    return rows
 
 
 # -------------------------------------------------------------------------------------------------- retrieval
