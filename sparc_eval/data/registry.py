@@ -31,6 +31,7 @@ READERS: Registry[Reader] = Registry(
         "imagefolder": "sparc_eval.data.imagefolder:read_imagefolder",
         "pairs": "sparc_eval.data.pairs:read_pairs",
         "sugarcrepe": "sparc_eval.data.sugarcrepe:read_sugarcrepe",
+        "webdataset": "sparc_eval.data.webdataset:read_webdataset",
     },
 )
 

@@ -8,6 +8,10 @@ torchrun each of the W ranks takes its 1/W slice of the same draw, the global lo
 across ranks with gradients, and the fine-grained loss stays local, so W processes reproduce the
 single-process run. Every `log_every` steps the fine-grained loss is also measured on mismatched pairs
 (the batch's captions rolled by one, no gradient) to expose a loss solved without reading the caption.
+Batches come through a DataLoader over steps with `num_workers` worker processes (sparc_eval.train.batches),
+from image-text pairs or webdataset shards. Every `eval_every` steps rank 0 writes the current weights as a
+checkpoint and hands it to the `evaluate` callback (the CLI's scores it on the --eval-task cards), while the
+other ranks wait at a barrier; losses and metrics also go to the reporters (sparc_eval.train.reporting).
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import contextlib
 import datetime as dt
 import math
 import os
+import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -40,9 +47,10 @@ from sparc_eval.models.sparc import MAX_LOGIT_SCALE, create_model
 from sparc_eval.progress import console as progress_console
 from sparc_eval.progress import make_progress
 from sparc_eval.provenance import git_revision, numerics, package_versions
-from sparc_eval.train.batches import PairBatches
+from sparc_eval.train.batches import batch_loader, open_batches
 from sparc_eval.train.curves import plot_loss_curves
 from sparc_eval.train.objective_state import load_objective_state, write_objective_state
+from sparc_eval.train.reporting import REPORTERS, make_reporters, scalars
 from sparc_eval.train.state import load_train_state, save_train_state
 
 BETAS = (0.9, 0.98)
@@ -86,12 +94,16 @@ class TrainConfig:
     log_every: int = 10
     resume: bool = False
     device: str | None = None  # None: cuda:LOCAL_RANK when CUDA is available, else cpu
+    num_workers: int = 0  # DataLoader worker processes per rank decoding the batches (0: the training process)
+    report_to: tuple[str, ...] = ()  # "tensorboard", "wandb" (sparc_eval.train.reporting)
+    log_dir: str | None = None  # reporters' files and evaluation records; None: OUT.logs beside the checkpoint
+    eval_every: int = 0  # call train()'s `evaluate` every N steps (0: never)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise SparcEvalError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup", "save_every"):
+        for name in ("warmup", "save_every", "num_workers", "eval_every"):
             if getattr(self, name) < 0:
                 raise SparcEvalError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -101,6 +113,9 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise SparcEvalError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        for kind in self.report_to:
+            if kind not in REPORTERS:
+                raise SparcEvalError(f"--report-to must be one of {', '.join(REPORTERS)}, got {kind!r}")
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -202,6 +217,8 @@ def _init_distributed(device: torch.device) -> tuple[int, int, bool]:
 
 
 def _pick_device(cfg: TrainConfig) -> torch.device:
+    """The device asked for (plain "cuda" is cuda:LOCAL_RANK: one GPU per torchrun process), made current for CUDA so
+    that NCCL collectives and pinned copies use it."""
     if cfg.device:
         try:
             device = torch.device(cfg.device)
@@ -209,10 +226,17 @@ def _pick_device(cfg: TrainConfig) -> torch.device:
             raise SparcEvalError(f"unknown device {cfg.device!r}; use cpu, cuda or cuda:N") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise SparcEvalError(f"device {cfg.device!r} asked for but no CUDA device is available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    else:
+        return torch.device("cpu")
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.index >= torch.cuda.device_count():
+            raise SparcEvalError(f"device {device} asked for but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        torch.cuda.set_device(device)
+    return device
 
 
 def _mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
@@ -250,8 +274,32 @@ def _latest_periodic(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def train(cfg: TrainConfig) -> Path | None:
-    """Train as configured; write the checkpoint folder `cfg.out` and return its path (None on ranks other than 0)."""
+def log_dir(cfg: TrainConfig) -> Path:
+    """Where the reporters and the evaluations during training write: --log-dir, else OUT.logs beside the checkpoint."""
+    out = Path(cfg.out)
+    return Path(cfg.log_dir) if cfg.log_dir else out.with_name(out.name + ".logs")
+
+
+@contextlib.contextmanager
+def _rng_kept():
+    """Run a block (an evaluation during training) without touching the random state the training continues from."""
+    states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def train(cfg: TrainConfig, evaluate: Callable[[int, Path], dict[str, float]] | None = None) -> Path | None:
+    """Train as configured; write the checkpoint folder `cfg.out` and return its path (None on ranks other than 0).
+
+    `evaluate(step, checkpoint_folder)`, called on rank 0 every cfg.eval_every steps, scores a checkpoint of the
+    current weights and returns metrics {"TASK/METRIC": value} for the reporters."""
     cfg.validate()
     out, periodic = Path(cfg.out), periodic_dir(cfg.out)
     if out.exists():
@@ -264,7 +312,7 @@ def train(cfg: TrainConfig) -> Path | None:
     if device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace; read when cuBLAS first starts
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     model, objective = build_model_and_objective(cfg, device)
-    batches = PairBatches(cfg.data, cfg.batch_size, cfg.seed, transform=model.preprocess)
+    batches = open_batches(cfg.data, cfg.batch_size, cfg.seed, transform=model.preprocess)
     optimizer = make_optimizer(nn.ModuleList([model, objective]), cfg)
     settings = _run_settings(cfg, objective)
     data_card = batches.describe()
@@ -302,6 +350,7 @@ def train(cfg: TrainConfig) -> Path | None:
                     **settings,
                     "steps_done": steps_done,
                     "world_size": world,
+                    "num_workers": cfg.num_workers,
                     "optimizer": "AdamW",
                     "betas": list(BETAS),
                     "eps": EPS,
@@ -323,16 +372,31 @@ def train(cfg: TrainConfig) -> Path | None:
             if progress
             else None
         )
+        reporters = (
+            make_reporters(cfg.report_to, log_dir(cfg), out=cfg.out, start_step=start, config=settings) if rank == 0 else []
+        )
+        loader = batch_loader(
+            batches,
+            start=start,
+            steps=cfg.steps,
+            rank=rank,
+            local=local,
+            tokenize=model.tokenizer,
+            num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+            seed=cfg.seed,
+        )
         t_start, t_window, n_window = time.perf_counter(), time.perf_counter(), 0
         net.train()
-        with progress or contextlib.nullcontext():
-            for step in range(start, cfg.steps):
+        with progress or contextlib.nullcontext(), contextlib.ExitStack() as closing:
+            for reporter in reporters:
+                closing.callback(reporter.close)
+            for step, (images, tokens) in zip(range(start, cfg.steps), loader):
                 lr = learning_rate(step, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                rows_step = batches.rows(step)[rank * local : (rank + 1) * local]
-                images, captions = batches.load(rows_step)
-                images, tokens = images.to(device, non_blocking=True), model.tokenize(captions).to(device)
+                # From pinned memory (CUDA) these copies overlap the step's work.
+                images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
                 parts, outputs = train_step(net, objective, optimizer, images, tokens, grad_clip=cfg.grad_clip, bf16=cfg.bf16)
                 n_window += cfg.batch_size
                 done = step + 1
@@ -349,6 +413,8 @@ def train(cfg: TrainConfig) -> Path | None:
                         "elapsed_s": elapsed_before + now - t_start,
                     }
                     rows.append(row)
+                    for reporter in reporters:
+                        reporter.log(done, scalars(row, "train"))
                     t_window, n_window = now, 0
                     if progress:
                         # Only "total" is promised by every objective (a plugin's may have no global or fine part).
@@ -372,6 +438,16 @@ def train(cfg: TrainConfig) -> Path | None:
                         card(done, elapsed_before + time.perf_counter() - t_start),
                         rows,
                     )
+                if evaluate is not None and cfg.eval_every and done % cfg.eval_every == 0:
+                    began = time.perf_counter()
+                    if rank == 0:
+                        snapshot = card(done, elapsed_before + began - t_start)
+                        metrics = _evaluate_at(done, model, objective, snapshot, evaluate, log_dir(cfg))
+                        for reporter in reporters:
+                            reporter.log(done, scalars(metrics, "eval"))
+                    if world > 1:
+                        dist.barrier()  # the other ranks wait here while rank 0 evaluates
+                    t_window += time.perf_counter() - began  # samples/s counts training time only
         if rank == 0:
             options = ", ".join(f"{k} {v}" for k, v in objective.describe().items() if k != "name")
             title = f"{cfg.objective} ({options or 'global loss only'}) | {cfg.arch}, batch {cfg.batch_size}, {cfg.steps} steps"
@@ -388,6 +464,29 @@ def train(cfg: TrainConfig) -> Path | None:
             dist.destroy_process_group()
         torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
     return out if rank == 0 else None
+
+
+def _evaluate_at(
+    step: int,
+    model: nn.Module,
+    objective: nn.Module,
+    card: dict,
+    evaluate: Callable[[int, Path], dict[str, float]],
+    folder: Path,
+) -> dict[str, float]:
+    """Write the current weights as checkpoint folder/checkpoints/step_N, call `evaluate` on it with the training's
+    random state kept aside, and remove the checkpoint again (the records keep its sha256)."""
+    snapshot = folder / "checkpoints" / f"step_{step:07d}"
+    if snapshot.exists():  # left by a run that was killed while evaluating
+        shutil.rmtree(snapshot)
+    with atomic_folder(snapshot) as tmp:
+        write_checkpoint_files(tmp, model, **card)
+        write_objective_state(tmp, objective)
+    try:
+        with _rng_kept():
+            return evaluate(step, snapshot)
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
 
 
 def _save_periodic(
@@ -426,8 +525,10 @@ def _resume(
             raise SparcEvalError(
                 f"cannot resume from {folder}: it was trained with {key}={saved.get(key)!r}, this run asks for {settings[key]!r}"
             )
-    if config.get("data", {}).get("pairs_sha256") != data_card["pairs_sha256"]:
-        raise SparcEvalError(f"cannot resume from {folder}: its training data differs from {data_card['pairs_file']}")
+    identity = "pairs_sha256" if "pairs_sha256" in data_card else "shards_sha256"
+    if config.get("data", {}).get(identity) != data_card[identity]:
+        source = data_card.get("pairs_file") or data_card.get("shards")
+        raise SparcEvalError(f"cannot resume from {folder}: its training data differs from {source}")
     weights = folder / "model.safetensors"
     load_state_dict_checked(model, read_safetensors(weights), weights, settings["arch"])
     info = load_train_state(folder, optimizer, steps=settings["steps"])
