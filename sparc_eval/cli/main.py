@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 # Importing a command module attaches its commands to the app, in the order `--help` lists them.
-from sparc_eval.cli import cards, data, evaluate, kprecision, plugins, quickstart, results, train, viz  # noqa: F401
+from sparc_eval.cli import cards, data, evaluate, kprecision, plugins, quickstart, results, shards, train, viz  # noqa: F401
 from sparc_eval.cli.app import app, err_console
 from sparc_eval.errors import SparcEvalError
 

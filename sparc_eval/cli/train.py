@@ -83,8 +83,30 @@ def train_cmd(
         10, "--log-every", help="Log losses, and fine loss on matched vs mismatched pairs, every N steps."
     ),
     device: str | None = typer.Option(
-        None, "--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK if available, else cpu)."
+        None,
+        "--device",
+        help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK if available, else cpu). On CUDA add --bf16 for bf16 autocast.",
     ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        "--num-workers",
+        help="DataLoader worker processes per process decoding batches (default: half the CPUs per process, at most 8; env SPARC_EVAL_NUM_WORKERS).",
+    ),
+    report_to: list[str] = typer.Option(
+        [], "--report-to", help="tensorboard or wandb (repeatable): log losses, learning rate, samples/s and evaluation metrics."
+    ),
+    log_dir: Path | None = typer.Option(
+        None, "--log-dir", help="Folder for the reporters and the evaluations during training (default: OUT.logs)."
+    ),
+    eval_every: int = typer.Option(
+        0, "--eval-every", help="Score the current weights on the --eval-task cards every N steps (0 = off)."
+    ),
+    eval_task: list[str] = typer.Option(
+        [], "--eval-task", help="Task card (name or path) scored every --eval-every steps, e.g. synth-retrieval; repeatable."
+    ),
+    eval_data_dir: Path = typer.Option(Path("data"), "--eval-data-dir", help="Data folder of the --eval-task cards."),
+    eval_limit: int | None = typer.Option(None, "--eval-limit", help="Score only the first N items of each --eval-task."),
 ) -> None:
     """Train a model with a contrastive objective (SPARC, CLIP, FILIP, PACL, GLoRIA, MGCA) on image-text pairs; writes
     model.safetensors, config.json, train_log.jsonl and loss_curve.png.
@@ -94,14 +116,26 @@ def train_cmd(
     Example: sparc-eval train --data data/synthscenes --arch tiny --objective sparc --steps 300 --batch-size 64 --out runs/tiny-sparc
 
     Example: sparc-eval train --data data/synthscenes --objective gloria --lambda-f 1 --option tau3=10 --out runs/tiny-gloria
+
+    Example: sparc-eval train --data 'data/shards/{000000..000031}.tar' --report-to tensorboard --eval-every 500 --eval-task synth-retrieval --out runs/b16
     """
     import time
 
     from sparc_eval.cli import checks
     from sparc_eval.train.loop import LOG_FILE, TrainConfig, train
+    from sparc_eval.train.shards import is_shard_source
 
-    if not data.exists():
+    if is_shard_source(data):
+        from sparc_eval.cli.shards import require_webdataset
+
+        require_webdataset("--data with webdataset shards")
+    elif not data.exists():
         raise SparcEvalError(f"--data {data} does not exist")
+    checks.at_least("--workers", workers, 0)
+    checks.at_least("--eval-every", eval_every, 0)
+    checks.at_least("--eval-limit", eval_limit, 1)
+    evaluate = _evaluation_during_training(eval_every, eval_task, out, log_dir, eval_data_dir, eval_limit, device, workers)
+    _require_reporters(report_to)
     checks.output_folder("--out", out, free_mib=64, must_not_exist=True)  # also with --resume: OUT appears at the end
     for flag, value in (("--lr", lr), ("--weight-decay", weight_decay), ("--grad-clip", grad_clip)):
         checks.finite(flag, value, minimum=0)
@@ -136,10 +170,14 @@ def train_cmd(
         log_every=log_every,
         resume=resume,
         device=device,
+        num_workers=_default_workers() if workers is None else workers,
+        report_to=tuple(report_to),
+        log_dir=None if log_dir is None else str(log_dir),
+        eval_every=eval_every,
     )
     started = time.perf_counter()
     try:
-        path = train(cfg)
+        path = train(cfg, evaluate=evaluate)
     except OptionError as exc:  # name the flag that set the bad value
         raise SparcEvalError(f"{_flag_of(exc.option)} {exc.requirement}, got {exc.value!r}") from None
     if path is not None:  # only rank 0 writes the checkpoint
@@ -150,6 +188,78 @@ def train_cmd(
             f"{k} {last[k]:.4f}" for k in ("loss", "global", "fine", "fine_matched", "fine_mismatched") if k in last
         )
         console.print(f"wrote {path} in {time.perf_counter() - started:.0f}s; step {last['step']}: {parts}", highlight=False)
+
+
+def _default_workers() -> int:
+    from sparc_eval.tasks.distributed import default_num_workers
+
+    return default_num_workers()  # counts the processes torchrun starts on this node (LOCAL_WORLD_SIZE)
+
+
+def _require_reporters(kinds: list[str]) -> None:
+    """Each --report-to names a reporter whose library is installed (one line naming the extra otherwise)."""
+    import importlib.util
+
+    from sparc_eval.cli import checks
+    from sparc_eval.train.reporting import REPORTERS
+
+    for kind in kinds:
+        checks.one_of("--report-to", kind, tuple(REPORTERS))
+        module, extra = REPORTERS[kind]
+        if importlib.util.find_spec(module) is None:
+            raise SparcEvalError(
+                f"--report-to {kind} needs the optional library {module!r}, which is not installed: pip install 'sparc-eval[{extra}]'"
+            )
+
+
+def _evaluation_during_training(
+    every: int,
+    tasks: list[str],
+    out: Path,
+    log_dir: Path | None,
+    data_dir: Path,
+    limit: int | None,
+    device: str | None,
+    workers: int | None,
+):
+    """The trainer's `evaluate` callback for --eval-every/--eval-task (None when off): each card is loaded and its
+    optional libraries checked now, before any training; at step N rank 0 scores the step's checkpoint on each, alone
+    (the other ranks wait), writing ordinary result records under LOG_DIR/eval, and returns {"TASK/METRIC": value}."""
+    if bool(every) != bool(tasks):
+        raise SparcEvalError("--eval-every and --eval-task go together: give both (or neither)")
+    if not every:
+        return None
+    from sparc_eval.evaluation import check_requirements, run_evaluation
+    from sparc_eval.tasks.card import load_card
+
+    cards = [load_card(task) for task in tasks]
+    for card in cards:
+        check_requirements(card, str(out))
+    results = (log_dir if log_dir is not None else out.with_name(out.name + ".logs")) / "eval"
+
+    def evaluate(step: int, checkpoint: Path) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for card in cards:
+            record = run_evaluation(
+                str(checkpoint),
+                card.path,
+                out=results,
+                data_dir=data_dir,
+                limit=limit,
+                device=device or ("cuda" if _cuda() else "cpu"),
+                num_workers=workers,
+                distributed=False,
+            ).record
+            metrics.update({f"{card.name}/{name}": m.value for name, m in record.metrics.items() if m.value is not None})
+        return metrics
+
+    return evaluate
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # Objective options that have a flag of their own; --option refuses these keys, so that each is set one way.

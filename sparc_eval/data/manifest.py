@@ -72,6 +72,8 @@ class CheckReport:
 
 
 def _format_of(rel: str) -> str:
+    if rel.endswith(".tar"):
+        return "webdataset"
     return _FORMATS.get(rel.split("/", 1)[0], "other")
 
 
@@ -178,6 +180,10 @@ def _annotation_checks(root: Path, files: dict[str, str]) -> list[tuple[str, Cal
             imagefolder_splits.add(parts[1])
     for split in sorted(imagefolder_splits):
         checks.append(("imagefolder", lambda s=split: len(open_dataset("imagefolder", root / "imagefolder", s))))
+    if any(rel.endswith(".tar") for rel in files):  # `data shards` output: sample counts, images, captions / labels
+        from sparc_eval.data.webdataset import verify_shards
+
+        checks.append(("webdataset", lambda: verify_shards(root)))
     return checks
 
 

@@ -67,9 +67,10 @@ def _read_lines(path: Path, what: str) -> list[str]:
 
 
 def read_templates(path: str | Path) -> tuple[str, ...]:
-    """Templates from a file, one per line, each holding "{}" exactly once."""
+    """Templates from a file, one per line, each holding "{}" exactly once ("{c}", CLIP_benchmark's placeholder in
+    its webdatasets' zeroshot_classification_templates.txt, is read as "{}")."""
     path = Path(path)
-    templates = _read_lines(path, "template")
+    templates = [t.replace("{c}", PLACEHOLDER) if PLACEHOLDER not in t else t for t in _read_lines(path, "template")]
     for lineno, template in enumerate(templates, 1):
         if template.count(PLACEHOLDER) != 1:
             raise SparcEvalError(f"template file {path}: line {lineno} ({template!r}) must hold '{{}}' exactly once")
