@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.fileio import temporary_sibling
 
 # 2: adds hard_negatives/ (sparc_eval.data.synth_negatives); every file of version 1 keeps its bytes, and
 # ensure_synthscenes upgrades a version-1 tree in place.
@@ -642,9 +643,12 @@ def generate_synthscenes(
             )
     total = n_train + 2 * n_val
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # A private temporary sibling (the tree of a killed generation is removed by the next one: fileio), made
+    # readable like any folder before it is renamed into place.
+    tmp = temporary_sibling(out, folder=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         for folder in ("images", "VOCdevkit/SynthScenes/JPEGImages", "VOCdevkit/SynthScenes/SegmentationClass"):
             (tmp / folder).mkdir(parents=True)
