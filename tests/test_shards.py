@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import run_cli
 from PIL import Image
 
 from sparc_eval.cli import main
@@ -88,22 +88,31 @@ def test_shards_round_trip_through_the_webdataset_library(synth_root, pair_shard
 
 
 def test_shards_are_byte_identical_across_writes(synth_root, pair_shards, tmp_path):
-    again = tmp_path / "again"
-    assert run_cli("data", "shards", synth_root, "--out", again, "--shard-size", 10).code == 0
+    from sparc_eval.data.shard_writer import write_shards
+
+    again = write_shards(synth_root, tmp_path / "again", shard_size=10).out
     for shard in sorted(pair_shards.glob("*.tar")):
         assert (again / shard.name).read_bytes() == shard.read_bytes(), shard.name
 
 
-def test_data_check_passes_then_names_the_altered_shard(pair_shards, tmp_path):
-    result = run_cli("data", "check", pair_shards)
-    assert result.code == 0, result.stderr
-    assert "webdataset" in result.stdout and "96" in result.stdout
+def _in_process(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_data_check_passes_then_names_the_altered_shard(pair_shards, tmp_path, capsys):
+    code, out, err = _in_process(capsys, "data", "check", pair_shards)
+    assert code == 0, err
+    assert "webdataset" in out and "96" in out
     copy = tmp_path / "copy"
     shutil.copytree(pair_shards, copy)
     data = bytearray((copy / "000003.tar").read_bytes())
     data[2000] ^= 0xFF
     (copy / "000003.tar").write_bytes(bytes(data))
-    assert_one_line_error(run_cli("data", "check", copy), "000003.tar does not match its md5")
+    code, _, err = _in_process(capsys, "data", "check", copy)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "000003.tar does not match its md5" in err, err
 
 
 def test_index_agrees_with_the_webdataset_library(tmp_path):
@@ -154,6 +163,7 @@ def _metrics(ckpt, card: Path, tmp_path) -> dict:
     return {k: v.value for k, v in record.metrics.items()}
 
 
+@pytest.mark.slow
 def test_webdataset_cards_score_like_their_source_format(synth_root, tiny_sparc_ckpt, tmp_path):
     """Shards of the ImageFolder val split and of the Karpathy test split, read by `format: webdataset`, give the
     metrics the source readers give on the same checkpoint."""
