@@ -4,7 +4,8 @@ Each configuration runs `sparc-eval run` as a user would (1 process: `python -m 
 `torchrun --standalone --nproc-per-node 2 -m sparc_eval run`), with OMP_NUM_THREADS=1, the feature cache
 off (--no-cache) and --force, in interleaved repetitions (1, 2, 1, 2, ...), so that drift in the machine's
 load hits both alike. Reported: the medians of the command's wall time and of the record's evaluation time
-(wall_time_s, rank 0), the speed-up ratios, and whether the two records hold the same metrics.
+(wall_time_s, rank 0), the CPU seconds of all the processes a command started (load-independent: what the second
+process adds in work), the speed-up ratios, and whether the two records hold the same metrics.
 
 Example: python bench/eval_scaling.py --ckpt openclip:ViT-B-32 --task synth-cls --n-val 96 --reps 3
 """
@@ -15,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,7 +35,8 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "SPARC_EVAL_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def _run(procs: int, args: list[str], out: Path) -> tuple[float, dict]:
+def _run(procs: int, args: list[str], out: Path) -> tuple[float, float, dict]:
+    """(wall seconds, CPU seconds of every process it started, rank 0's record) of one `sparc-eval run`."""
     launcher = [sys.executable, "-m", "sparc_eval"]
     if procs > 1:
         launcher = [
@@ -46,12 +49,13 @@ def _run(procs: int, args: list[str], out: Path) -> tuple[float, dict]:
             "-m",
             "sparc_eval",
         ]
-    start = time.perf_counter()
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([*launcher, "run", *args, "--out", str(out), "--json"], env=_env(), capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise SystemExit(f"{procs} process(es) failed:\n{done.stderr[-3000:]}")
-    return seconds, json.loads(done.stdout)[0]
+    return seconds, cpu, json.loads(done.stdout)[0]
 
 
 def _same_metrics(a: dict, b: dict) -> bool:
@@ -88,12 +92,14 @@ def main() -> None:
         common = ["--task", args.task, "--ckpt", args.ckpt, "--data-dir", str(data_dir), "--batch-size", str(args.batch_size)]
         common += ["--num-workers", "0", "--no-cache", "--force"]
         times: dict[int, list[float]] = {1: [], 2: []}
+        cpus: dict[int, list[float]] = {1: [], 2: []}
         evals: dict[int, list[float]] = {1: [], 2: []}
         records: dict[int, dict] = {}
         for rep in range(args.reps):
             for procs in (1, 2):
-                seconds, record = _run(procs, common, tmp / f"out{procs}")
+                seconds, cpu, record = _run(procs, common, tmp / f"out{procs}")
                 times[procs].append(seconds)
+                cpus[procs].append(cpu)
                 evals[procs].append(record["wall_time_s"])
                 records[procs] = record
                 console.print(f"rep {rep + 1}: {procs} process(es) {seconds:.1f} s (evaluation {record['wall_time_s']:.1f} s)")
@@ -105,6 +111,7 @@ def main() -> None:
                 "world_size (record)": records[procs]["world_size"],
                 "command_s": statistics.median(times[procs]),
                 "evaluation_s": statistics.median(evals[procs]),
+                "cpu_s_all_processes": statistics.median(cpus[procs]),
                 "images": records[procs]["n_samples"],
             }
         )
@@ -120,6 +127,10 @@ def main() -> None:
     console.print(
         f"speed-up 2 vs 1 process: {speedup_eval:.2f}x evaluation, {speedup_cmd:.2f}x whole command; "
         f"metrics identical: {same}; load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    )
+    console.print(
+        f"CPU seconds, 2 processes / 1: {rows[1]['cpu_s_all_processes'] / rows[0]['cpu_s_all_processes']:.2f} "
+        "(the work distribution adds; on a loaded machine wall-clock ratios also carry each configuration's share of the CPUs)"
     )
     if args.json:
         args.json.write_text(
