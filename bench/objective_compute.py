@@ -134,7 +134,10 @@ def plot(results: dict, path: Path) -> None:
                 rel = [100 * (data[str(b)][name][key] / data[str(b)]["clip"][key] - 1) for b in sizes]
                 ax.plot(sizes, rel, marker="o", label=name.upper() if name != "gloria" else "GLoRIA")
             ax.set_xscale("log", base=2)
-            ax.set_yscale("symlog", linthresh=1)
+            ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)
+            ticks = [t for t in (-1, -0.1, 0, 0.1, 1, 10, 100, 1000) if t < 3 * max(1.0, ax.get_ylim()[1])]
+            ax.set_yticks(ticks, [f"{t:+g} %" if t else "0" for t in ticks])
+            ax.set_ylim(-1, None)
             ax.axhline(1, color="grey", lw=0.8, ls=":")
             ax.set_title(f"{what} per step, {setup}")
             ax.set_ylabel("% more than CLIP")
@@ -187,8 +190,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--check-real", action="store_true", help="also count the smallest tiny batch on real CPU tensors")
     parser.add_argument("--out", type=Path, default=Path("docs/img/objective_compute"))
+    parser.add_argument("--replot", type=Path, help="only redraw the plot and tables from an earlier run's JSON")
     args = parser.parse_args()
 
+    if args.replot:
+        results = json.loads(args.replot.read_text(encoding="utf-8"))
+        plot(results, args.out.with_suffix(".png"))
+        print(markdown(results))
+        return
     results: dict = {"words": args.words, "count": {}, "time": {}}
     for setup, arch in SETUPS.items():
         results["count"][setup] = {}
