@@ -469,3 +469,36 @@ def test_bidirectional_text_tower_sees_later_words_never_padding():
     assert (
         bidirectional.describe()["text_attention"].startswith("bidirectional") and causal.describe()["text_attention"] == "causal"
     )
+
+
+@pytest.mark.slow
+def test_mgca_resume_restores_prototypes_and_step_count(synth_root, tmp_path, monkeypatch):
+    """objective.safetensors travels with periodic checkpoints: a resumed MGCA run ends with the prototypes of an
+    uninterrupted one (without its step count the resumed run would keep them frozen at step 4)."""
+    from safetensors.torch import load_file
+
+    from sparc_eval.models.sparc import PRESETS
+    from sparc_eval.train import loop
+    from sparc_eval.train.loop import TrainConfig, train
+
+    monkeypatch.setitem(PRESETS, "micro", MICRO)
+    options = {"n_prototypes": 8, "freeze_prototypes_steps": 3}
+    base = dict(data=str(synth_root), arch="micro", objective="mgca", objective_options=options, steps=4, batch_size=8)
+    base.update(warmup=1, log_every=1, device="cpu")
+    straight = train(TrainConfig(out=str(tmp_path / "straight"), **base))
+    real_step, calls = loop.train_step, []
+
+    def dying_step(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "resumed"), save_every=2, **base))
+    monkeypatch.setattr(loop, "train_step", real_step)
+    resumed = train(TrainConfig(out=str(tmp_path / "resumed"), save_every=2, resume=True, **base))
+    a, b = load_file(str(straight / "objective.safetensors")), load_file(str(resumed / "objective.safetensors"))
+    assert int(b["steps_seen"]) == 4
+    torch.testing.assert_close(a["prototypes"], b["prototypes"], rtol=0, atol=0)
