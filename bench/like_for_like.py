@@ -52,7 +52,6 @@ def synth_task_cards() -> list[Path]:
 
 def train_all(cards: list[str], seeds: list[int], root: Path, data_dir: Path, index: Path) -> dict[str, Path]:
     """Train (or reuse) every (card, seed), seed-major so that both seeds of the first cards come first."""
-    done: dict[str, str] = json.loads(index.read_text()) if index.is_file() else {}
     folders: dict[str, Path] = {}
     order = [(c, s) for s in seeds for c in cards[:2]] + [(c, s) for s in seeds for c in cards[2:]]
     for name, seed in order:
@@ -60,6 +59,8 @@ def train_all(cards: list[str], seeds: list[int], root: Path, data_dir: Path, in
         start = time.perf_counter()
         folder = ensure_checkpoint(card, root=root, data_dir=data_dir)
         folders[f"{name}/{seed}"] = folder
+        # Re-read before writing: two bench processes may train disjoint --cards at the same time.
+        done = json.loads(index.read_text()) if index.is_file() else {}
         done[f"{name}/{seed}"] = str(folder.resolve())
         write_json_atomic(index, dict(sorted(done.items())))
         print(f"trained {name} seed {seed} in {time.perf_counter() - start:.0f}s: {folder}", flush=True)
@@ -136,6 +137,34 @@ def paired_tests(results: Path, publish_dir: Path) -> None:
     (publish_dir / "paired-tests.md").write_text("\n".join(sections), encoding="utf-8")
 
 
+# The README's compact table: one or two headline metrics per task (the page has them all).
+HEADLINE = (
+    ("synth-cls", "top1", "cls top-1"),
+    ("synth-retrieval", "i2t_r1", "i→t R@1"),
+    ("synth-retrieval", "t2i_r1", "t→i R@1"),
+    ("synth-seg", "mIoU", "seg mIoU"),
+    ("synth-det", "AP", "det AP"),
+    ("synth-kprecision", "kp", "K-P"),
+    ("synth-grounding", "pointing_acc", "pointing"),
+    ("synth-grounding", "fine_loss_ratio", "fine loss mismatched / matched"),
+    ("synth-binding", "acc_mean", "binding acc"),
+)
+
+
+def headline_markdown(results: Path) -> str:
+    """Rows: the six recipes; columns: HEADLINE metrics as mean ± sd over seeds (the README's table)."""
+    from sparc_eval.results.table import build_table, cell_text
+
+    table = build_table(results, layout="paper")
+    columns = {(c.task, c.metric): c for c in table.columns}
+    shown = [(key, title) for *key, title in HEADLINE if tuple(key) in columns]
+    lines = ["| objective | " + " | ".join(title for _, title in shown) + " |", "|:---|" + "---:|" * len(shown)]
+    for label in table.rows:
+        cells = [cell_text(table, label, columns[tuple(key)]) for key, _ in shown]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def publish(results: Path, publish_dir: Path, folders: dict[str, Path]) -> None:
     from sparc_eval.results.leaderboard import build_leaderboard
     from sparc_eval.results.table import build_table, render_csv
@@ -146,6 +175,7 @@ def publish(results: Path, publish_dir: Path, folders: dict[str, Path]) -> None:
     per_seed = publish_dir / "leaderboard-per-seed.csv"
     per_seed.write_text(render_csv(build_table(results, layout="paper", per_seed=True)), encoding="utf-8")
     print(f"wrote {per_seed}", flush=True)
+    print(headline_markdown(results), flush=True)
     paired_tests(results, publish_dir)
     for name, values in train_seconds(folders).items():
         print(f"{name}: training {sum(values) / len(values):.0f}s per seed (n={len(values)}, loaded machine)", flush=True)
