@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,8 @@ from sparc_eval.errors import SparcEvalError
 
 # Temporaries older than this process and not owned by a live process on this host belong to an interrupted write.
 _PROCESS_START = time.time()
+# A temporary of a process on another host (shared file system) is left alone for this long.
+_FOREIGN_TEMP_AGE_S = 24 * 3600
 
 
 def _umask() -> int:
@@ -57,19 +60,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _owner_tag() -> str:
+    """`HOST-PID` of this process, as temporaries are named (host name reduced to letters, digits and -)."""
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _may_still_be_written(owner: str) -> bool:
+    """Whether the process named by a temporary's owner tag may still be writing it: a live process on this host,
+    or any process on another host (a shared file system: its liveness cannot be seen from here)."""
+    host, _, pid = owner.rpartition("-")
+    if not pid.isdigit():
+        return False  # not a tag this module wrote
+    if host != _owner_tag().rpartition("-")[0]:
+        return True
+    return int(pid) != os.getpid() and _pid_alive(int(pid))
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove `.NAME.*.tmp` siblings of `path` that an interrupted write left: older than this process and not
-    named after a process still running here. Returns what was removed."""
+    named after a process that may still be writing (alive on this host; on another host, younger than a day).
+    Returns what was removed."""
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
         return removed
     for candidate in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
         owner = candidate.name[: -len(".tmp")].rsplit(".", 1)[-1]
-        if owner.isdigit() and int(owner) != os.getpid() and _pid_alive(int(owner)):
-            continue
         try:
-            if candidate.lstat().st_mtime >= _PROCESS_START:
+            mtime = candidate.lstat().st_mtime
+            if mtime >= _PROCESS_START or (_may_still_be_written(owner) and time.time() - mtime < _FOREIGN_TEMP_AGE_S):
                 continue
             shutil.rmtree(candidate) if candidate.is_dir() and not candidate.is_symlink() else candidate.unlink()
         except FileNotFoundError:
@@ -84,11 +104,11 @@ def glob_escape(name: str) -> str:
 
 
 def temporary_sibling(path: Path, *, folder: bool = False) -> Path:
-    """A new private `.NAME.XXXX.PID.tmp` file (or folder) beside `path`, after removing stale ones of earlier runs."""
+    """A new private `.NAME.XXXX.HOST-PID.tmp` file (or folder) beside `path`, after removing stale ones of earlier runs."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        options = {"dir": path.parent, "prefix": f".{path.name}.", "suffix": f".{os.getpid()}.tmp"}
+        options = {"dir": path.parent, "prefix": f".{path.name}.", "suffix": f".{_owner_tag()}.tmp"}
         if folder:
             return Path(tempfile.mkdtemp(**options))
         fd, tmp = tempfile.mkstemp(**options)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from sparc_eval.fileio import atomic_path, write_json_atomic, write_text_atomic
+from sparc_eval import fileio
+from sparc_eval.errors import SparcEvalError
+from sparc_eval.fileio import atomic_path, inside, write_files_atomic, write_json_atomic, write_text_atomic
 
 
 def test_written_file_has_the_umask_mode_not_mkstemps_owner_only(tmp_path):
@@ -29,3 +36,74 @@ def test_failure_leaves_neither_file_nor_temporary(tmp_path):
         with atomic_path(tmp_path / "new.json"):
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+# ------------------------------------------------------------------------------ leftovers of killed writes
+
+
+def _aged(path, seconds=3600, folder=False):
+    """Create `path` (a file, or a folder) dated `seconds` ago."""
+    if not path.exists():
+        path.mkdir() if folder else path.write_text("half written")
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+    return path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # exited and reaped: no process has this id (until the system reuses it)
+
+
+def test_a_killed_writes_temporary_is_removed_by_the_next_write_of_the_same_file(tmp_path):
+    host = fileio._owner_tag().rpartition("-")[0]
+    _aged(tmp_path / f".r.json.abc123.{host}-{_dead_pid()}.tmp")
+    _aged(tmp_path / f".r.json.def456.{host}-{_dead_pid()}.tmp", folder=True)
+    other_file = _aged(tmp_path / f".other.json.abc123.{host}-{_dead_pid()}.tmp")
+    write_json_atomic(tmp_path / "r.json", {"v": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["r.json", other_file.name])  # only r.json's were its
+
+
+def test_temporaries_that_may_still_be_written_are_kept(tmp_path):
+    host = fileio._owner_tag().rpartition("-")[0]
+    live = _aged(tmp_path / f".r.json.abc123.{host}-{os.getppid()}.tmp")  # our parent process is alive
+    foreign = _aged(tmp_path / ".r.json.abc123.otherhost-12345.tmp", seconds=600)  # another host's writer
+    fresh = tmp_path / f".r.json.abc123.{host}-{_dead_pid()}.tmp"  # younger than this process
+    fresh.write_text("x")
+    write_text_atomic(tmp_path / "r.json", "done")
+    assert {live.name, foreign.name, fresh.name} <= {p.name for p in tmp_path.iterdir()}
+    _aged(foreign, seconds=2 * 24 * 3600)  # a day later it is taken for abandoned
+    write_text_atomic(tmp_path / "r.json", "again")
+    assert not foreign.exists() and live.exists()
+
+
+def test_write_files_atomic_replaces_all_files_or_none(tmp_path, monkeypatch):
+    write_files_atomic(tmp_path, {"a.md": "old a", "b.csv": "old b"})
+    real_write_text = Path.write_text
+
+    def full_disk_on_b(self, text, *args, **kwargs):
+        if self.name.startswith(".b.csv."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk_on_b)
+    with pytest.raises(SparcEvalError, match=r"could not write .*b\.csv: No space left on device"):
+        write_files_atomic(tmp_path, {"a.md": "new a", "b.csv": "new b"})
+    monkeypatch.undo()
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.md": "old a", "b.csv": "old b"}
+
+
+@pytest.mark.parametrize("relative", ["../x", "/etc/passwd", "a/../../x", "", "a\x00b", 5, None])
+def test_inside_refuses_what_leads_outside_or_is_no_path(tmp_path, relative):
+    with pytest.raises(SparcEvalError, match="card name"):
+        inside(tmp_path, relative, "card name")
+
+
+def test_inside_follows_links_and_accepts_what_stays(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "out").symlink_to(tmp_path)
+    with pytest.raises(SparcEvalError, match="leads outside"):
+        inside(tmp_path / "root", "out/secret", "entry")
+    assert inside(tmp_path / "root", "a/../b.json", "entry") == tmp_path / "root" / "a/../b.json"
+    assert inside(tmp_path / "root", "sub/c.json", "entry") == tmp_path / "root" / "sub" / "c.json"

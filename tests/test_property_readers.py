@@ -1,4 +1,5 @@
-"""Property test: random mutations of valid COCO, Karpathy, task-card and result-record files, fed to their readers.
+"""Property test: random mutations of valid COCO, Karpathy, task-card, checkpoint-card and result-record files, fed to
+their readers.
 
 Hypothesis edits one place of a valid file (replaces a value with any JSON value, NaN and ../ paths included,
 deletes a key, duplicates a list entry, adds a key, or truncates the text) and the reader must either read it
@@ -171,6 +172,19 @@ def test_task_card_reader(folder, change, cut):
     doc, truncate = change
     write(folder / "card.yaml", doc, truncate, cut, as_yaml=True)
     read_or_one_line_error(lambda: load_card(str(folder / "card.yaml")))
+
+
+CHECKPOINT_CARD = yaml.safe_load((Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-sparc.yaml").read_text())
+
+
+@SETTINGS
+@given(change=mutated(CHECKPOINT_CARD), cut=st.integers(0, 10**6))
+def test_checkpoint_card_reader(folder, change, cut):
+    from sparc_eval.checkpoint_cards import load_checkpoint_card
+
+    doc, truncate = change
+    write(folder / "ckpt-card.yaml", doc, truncate, cut, as_yaml=True)
+    read_or_one_line_error(lambda: load_checkpoint_card(str(folder / "ckpt-card.yaml")))
 
 
 @pytest.fixture(scope="module")
