@@ -80,6 +80,8 @@ def test_run_killed_mid_write_reruns_to_the_same_record(kill_at, tmp_path, tiny_
     (record,) = out.rglob("*.record.json")
     assert record.relative_to(out) == ref_record.relative_to(tmp_path / "reference")
     assert comparable(record) == comparable(ref_record)
+    numerics = json.loads(record.read_text())["numerics"]  # what besides the seed decides the low bits (README)
+    assert numerics["intra_op_threads"] == int(os.environ["OMP_NUM_THREADS"]) and numerics["cpu_capability"]
     for name in ("samples.jsonl", "confusion.json"):
         stem = record.name[: -len(".record.json")]
         assert (record.parent / f"{stem}.{name}").read_bytes() == (ref_record.parent / f"{stem}.{name}").read_bytes()
@@ -118,3 +120,5 @@ def test_train_killed_while_publishing_resumes_to_the_same_checkpoint(tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     ref_log = [json.loads(line) for line in (tmp_path / "reference" / "train_log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in log] == [r["loss"] for r in ref_log]
+    numerics = json.loads((out / "config.json").read_text())["provenance"]["numerics"]
+    assert numerics["deterministic_algorithms"] is True and numerics["cpu"] and numerics["torch"]

@@ -57,7 +57,7 @@ def layout_coco(root: Path, split: str, *, annotation: str, **_: object) -> list
 
 def _check_refs(annotation: Path, data: dict, categories: bool) -> None:
     image_ids = {img["id"] for img in data["images"]}
-    category_ids = {c["id"] for c in data.get("categories", [])}
+    category_ids = {c["id"] for c in data["categories"]} if categories else set()  # a captions file's are not read
     for ann in data["annotations"]:
         if ann["image_id"] not in image_ids:
             raise SparcEvalError(
