@@ -50,8 +50,9 @@ def synth_task_cards() -> list[Path]:
     return found
 
 
-def train_all(cards: list[str], seeds: list[int], root: Path, data_dir: Path, index: Path) -> dict[str, Path]:
-    """Train (or reuse) every (card, seed), seed-major so that both seeds of the first cards come first."""
+def train_all(cards: list[str], seeds: list[int], root: Path, data_dir: Path, index: Path, after=None) -> dict[str, Path]:
+    """Train (or reuse) every (card, seed), seed-major so that both seeds of the first cards come first; `after(key,
+    folder)` runs after each one (scoring it at once, so that results arrive while the rest trains)."""
     folders: dict[str, Path] = {}
     order = [(c, s) for s in seeds for c in cards[:2]] + [(c, s) for s in seeds for c in cards[2:]]
     for name, seed in order:
@@ -64,6 +65,8 @@ def train_all(cards: list[str], seeds: list[int], root: Path, data_dir: Path, in
         done[f"{name}/{seed}"] = str(folder.resolve())
         write_json_atomic(index, dict(sorted(done.items())))
         print(f"trained {name} seed {seed} in {time.perf_counter() - start:.0f}s: {folder}", flush=True)
+        if after is not None:
+            after(f"{name}/{seed}", folder)
     return folders
 
 
@@ -192,18 +195,24 @@ def main() -> None:
     args = parser.parse_args()
 
     index = args.out / "CHECKPOINTS.json"
+    results = args.out / "results"
     if "train" in args.stages:
-        folders = train_all(args.cards, args.seeds, args.out / "checkpoints", args.data_dir, index)
+
+        def score_now(key: str, folder: Path) -> None:
+            if "score" in args.stages:
+                score_all({key: folder}, synth_task_cards(), results, args.data_dir)
+
+        folders = train_all(args.cards, args.seeds, args.out / "checkpoints", args.data_dir, index, after=score_now)
     else:
         folders = {key: Path(folder) for key, folder in json.loads(index.read_text()).items()}
-    if "score" in args.stages:
-        score_all(folders, synth_task_cards(), args.out / "results", args.data_dir)
+        if "score" in args.stages:
+            score_all(folders, synth_task_cards(), results, args.data_dir)
     if "det" in args.stages:
         det_with_trained_backbone(folders, args.out, args.data_dir)
     if "bidir" in args.stages:
         bidirectional_text(folders, args.seeds, args.out, args.out / "checkpoints", args.data_dir)
     if "publish" in args.stages:
-        publish(args.out / "results", args.publish_dir, folders)
+        publish(results, args.publish_dir, folders)
 
 
 if __name__ == "__main__":
