@@ -105,8 +105,6 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="Run only configurations whose label starts with one of these.")
     args = parser.parse_args()
 
-    import torch
-
     from sparc_eval.data.synth import ensure_synthscenes
     from sparc_eval.provenance import numerics
 

@@ -12,7 +12,9 @@ from sparc_eval.cli.app import console, viz_app
 @viz_app.command("align")
 def viz_align(
     ckpt: str = typer.Option(
-        ..., "--ckpt", help="Checkpoint: a sparc-eval checkpoint folder, openclip:ARCH[@FILE], openclip:local-dir:PATH or hf:PATH."
+        ...,
+        "--ckpt",
+        help="Checkpoint: a sparc-eval checkpoint folder, openclip:ARCH[@FILE], openclip:local-dir:PATH or hf:PATH.",
     ),
     image: Path = typer.Option(..., "--image", help="Image file; inside a SynthScenes tree the described objects are outlined."),
     caption: str = typer.Option(..., "--caption", help="Caption whose tokens are shown, one panel each."),
@@ -47,7 +49,9 @@ def viz_align(
 @viz_app.command("seg")
 def viz_seg(
     ckpt: str = typer.Option(
-        ..., "--ckpt", help="Checkpoint: a sparc-eval checkpoint folder, openclip:ARCH[@FILE], openclip:local-dir:PATH or hf:PATH."
+        ...,
+        "--ckpt",
+        help="Checkpoint: a sparc-eval checkpoint folder, openclip:ARCH[@FILE], openclip:local-dir:PATH or hf:PATH.",
     ),
     task: str = typer.Option(..., "--task", "-t", help="Segmentation task card name or path (e.g. synth-seg, voc-seg)."),
     n: int = typer.Option(8, "--n", help="Number of images (the first N of the evaluation split)."),

@@ -35,9 +35,7 @@ class RetrievalRunner(Runner):
         base = self.open(self.card.dataset, transform=model.preprocess)
         dataset = self.ctx.limited(base)
         # Every rank encodes its slice of the images and captions; all hold the gathered embeddings and rank alike.
-        image_emb = F.normalize(
-            self.ctx.image_features(model, dataset, model.encode_image, "image", model.preprocess), dim=-1
-        )
+        image_emb = F.normalize(self.ctx.image_features(model, dataset, model.encode_image, "image", model.preprocess), dim=-1)
         images: list[dict[str, Any]] = []
         captions: list[dict[str, Any]] = []
         text_image: list[int] = []

@@ -271,7 +271,7 @@ class Runner(ABC):
         self.params = params
         self.ctx = ctx
 
-    @classmethod
+    @classmethod  # noqa: B027 (a no-op unless the kind has cross-checks)
     def check(cls, card: TaskCard, params: Any) -> None:
         """Checks of the card and params that their types cannot say (ranges that depend on each other, a
         fit_dataset the kind needs), as one-line SparcEvalErrors; run when the card is loaded."""
