@@ -8,7 +8,8 @@ Measured side by side in one process on one set of files:
 2. input only: images/s of `batch_loader` (the trainer's own loader) with 0, 1 and 2 workers, no model;
 3. model only: images/s of the trainer's `train_step` on a batch already in memory (tiny; ViT-B/16 with --vit-b);
 4. end to end: images/s of loader + train_step with 0, 1 and 2 workers (tiny), as a ratio to model only:
-   1.00 means the input pipeline is not the bottleneck.
+   1.00 means the input pipeline is not the bottleneck. Model only and end to end are interleaved over
+   --rounds rounds and the medians reported.
 
 Example: nice -n 10 python bench/input_pipeline.py --images 512 --batch-size 64 --steps 8 --vit-b
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +56,17 @@ def make_jpegs(folder: Path, n: int, size: int, seed: int) -> Path:
 
 
 def decode_ms(batches: PairBatches, tokenize, n: int) -> float:
+    """ms per image on one thread, as a DataLoader worker runs (torch gives each worker one intra-op thread; with
+    more, the transform's elementwise ops on 224 px tensors fan out and, on a loaded machine, wait for cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _decode_ms(batches, tokenize, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _decode_ms(batches: PairBatches, tokenize, n: int) -> float:
     dataset = batches.dataset
     n = min(n, len(dataset))
     start = time.perf_counter()
@@ -128,6 +141,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="JPEG side in pixels")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the model-only and end-to-end runs")
     parser.add_argument("--vit-b", action="store_true", help="also time ViT-B/16 training steps (slow on CPU)")
     parser.add_argument("--vit-b-batch", type=int, default=8)
     args = parser.parse_args()
@@ -136,6 +150,13 @@ def main() -> None:
         jpeg_kib = sum(p.stat().st_size for p in Path(tmp).glob("*.jpg")) / args.images / 1024
         tiny = create_model("tiny")
         rows: list[tuple[str, str, str]] = []
+
+        class Rows(list):
+            def append(self, row: tuple[str, str, str]) -> None:  # print each figure as it comes (long runs)
+                console.print(" | ".join(row), highlight=False)
+                super().append(row)
+
+        rows = Rows()
         tiny_batches = PairBatches(pairs, args.batch_size, 0, tiny.preprocess)
         cost_tiny = decode_ms(tiny_batches, tiny.tokenizer, 128)
         rows.append(
@@ -158,14 +179,16 @@ def main() -> None:
         for workers in (0, 1, 2):
             rate = loader_rate(tiny_batches, tiny.tokenizer, workers, args.steps, args.batch_size)
             rows.append((f"input only, {workers} worker(s) (tiny transform)", f"{rate:.0f} images/s", ""))
-        model_only = model_and_step(
-            "tiny", args.batch_size, PairBatches(pairs, args.batch_size, 0, tiny.preprocess), args.steps, None
-        )
+        # Model only and end to end, interleaved over rounds (medians), so that a machine's drift hits all alike.
+        rates: dict[int | None, list[float]] = {None: [], 0: [], 1: [], 2: []}
+        for _ in range(args.rounds):
+            for workers in rates:
+                batches = PairBatches(pairs, args.batch_size, 0, tiny.preprocess)
+                rates[workers].append(model_and_step("tiny", args.batch_size, batches, args.steps, workers))
+        model_only = statistics.median(rates[None])
         rows.append(("model only: tiny train_step, batch preloaded", f"{model_only:.0f} images/s", "1.00"))
         for workers in (0, 1, 2):
-            rate = model_and_step(
-                "tiny", args.batch_size, PairBatches(pairs, args.batch_size, 0, tiny.preprocess), args.steps, workers
-            )
+            rate = statistics.median(rates[workers])
             rows.append((f"end to end: tiny, {workers} worker(s)", f"{rate:.0f} images/s", f"{rate / model_only:.2f}"))
         if args.vit_b:
             b = args.vit_b_batch
