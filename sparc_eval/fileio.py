@@ -33,18 +33,25 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def inside(root: str | os.PathLike, relative: str | os.PathLike, what: str) -> Path:
+def inside(root: str | os.PathLike, relative: str | os.PathLike, what: str, *, follow_links: bool = True) -> Path:
     """`root / relative`, refused with one line naming `what` and the value when it leads outside `root`.
 
     Every path built from input (a card's name, a manifest entry, a record's samples_file, an artifact name)
-    goes through here. Both sides are resolved (symlinks followed, `..` collapsed), so neither an absolute
-    value, a `../` nor a link inside the root escapes it. The returned path is `root / relative` as given.
+    goes through here. Neither an absolute value nor a `../` escapes. With `follow_links` (what sparc-eval
+    writes or trusts: records, artifacts, cards) both sides are resolved, so a link inside the root does not
+    escape either. Dataset files are read with `follow_links=False`: a data tree whose images are links to
+    another disk is a user's own layout (archives with links are refused when unpacked, data/archives.py).
+    The returned path is `root / relative` as given.
     """
     text = os.fspath(relative) if isinstance(relative, (str, os.PathLike)) else None
     if not isinstance(text, str) or not text or "\x00" in text:
         raise SparcEvalError(f"{what} {relative!r} is not a usable relative path")
-    base = Path(root).resolve()
-    target = (base / text).resolve()
+    if follow_links:
+        base = Path(root).resolve()
+        target = (base / text).resolve()
+    else:
+        base = Path(os.path.abspath(root))
+        target = Path(os.path.normpath(base / text))
     if target != base and base not in target.parents:
         raise SparcEvalError(f"{what} {text!r} leads outside {root}")
     return Path(root) / text

@@ -190,10 +190,24 @@ ODD_ANNOTATIONS = [
         "area": 900.0,
         "iscrowd": 0,
     },  # small by area, medium by box
-    {"id": 2, "image_id": 1, "category_id": 9, "bbox": [90, 40, 30, 30], "area": 900.0, "iscrowd": 0},  # runs off the image
+    {
+        "id": 2,
+        "image_id": 1,
+        "category_id": 9,
+        "bbox": [90, 40, 10.5, 10.5],
+        "area": 110.25,
+        "iscrowd": 0,
+    },  # runs off the image by the 1 px tolerance
     {"id": 3, "image_id": 1, "category_id": 7, "bbox": [50, 20, 0, 10], "area": 0.0, "iscrowd": 0},  # zero width
     {"id": 4, "image_id": 1, "category_id": 7, "bbox": [0, 0, 40, 40], "area": 1600.0, "iscrowd": 1},  # crowd
-    {"id": 5, "image_id": 1, "category_id": 9, "bbox": [120, 60, 10, 10], "area": 100.0, "iscrowd": 0},  # wholly outside
+    {
+        "id": 5,
+        "image_id": 1,
+        "category_id": 9,
+        "bbox": [100.2, 40, 0.8, 5],
+        "area": 4.0,
+        "iscrowd": 0,
+    },  # wholly outside, within the tolerance
 ]  # image 2 has no annotations
 
 
@@ -256,11 +270,11 @@ def test_records_rebuild_exactly_what_cocoeval_scores_on_the_file(tmp_path):
 def test_bad_box_is_a_one_sentence_error_naming_the_annotation(tmp_path):
     anns = [{"id": 41, "image_id": 1, "category_id": 7, "bbox": [10, 10, -5, 10], "area": 1.0, "iscrowd": 0}]
     with pytest.raises(
-        SparcEvalError, match=r"annotation 41 in .*instances.json has bbox \[10, 10, -5, 10\] with a negative width"
+        SparcEvalError, match=r"annotation file .*instances.json: annotation 41 has bbox \[10, 10, -5, 10\] with a negative width"
     ):
         _ground_truth(tmp_path, anns)
     anns = [{"id": 42, "image_id": 1, "category_id": 7, "bbox": [10, 10, 5], "area": 1.0, "iscrowd": 0}]
-    with pytest.raises(SparcEvalError, match="annotation 42 in .*instances.json has bbox"):
+    with pytest.raises(SparcEvalError, match="annotation file .*instances.json: annotation 42 has bbox"):
         _ground_truth(tmp_path, anns)
 
 

@@ -156,7 +156,7 @@ def _broken_tree(tmp_path: Path, synth_root: Path, break_annotation) -> Path:
     "break_annotation, needles",
     [
         (lambda a: a.update(bbox=[1.0, 2.0, -3.0, 4.0]), ("bbox [1.0, 2.0, -3.0, 4.0]", "negative width")),
-        (lambda a: a.update(category_id=99), ("category id 99",)),
+        (lambda a: a.update(category_id=99), ("category_id 99", "outside the listed categories")),
     ],
     ids=["negative-width", "unknown-category"],
 )

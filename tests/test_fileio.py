@@ -107,3 +107,16 @@ def test_inside_follows_links_and_accepts_what_stays(tmp_path):
         inside(tmp_path / "root", "out/secret", "entry")
     assert inside(tmp_path / "root", "a/../b.json", "entry") == tmp_path / "root" / "a/../b.json"
     assert inside(tmp_path / "root", "sub/c.json", "entry") == tmp_path / "root" / "sub" / "c.json"
+
+
+def test_inside_without_following_links_accepts_a_linked_data_tree_but_no_dot_dot(tmp_path):
+    """Dataset files are read lexically: images linked to another disk are the user's layout, '..' still escapes."""
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "a.png").symlink_to(tmp_path / "disk" / "a.png")
+    assert inside(tmp_path / "root", "a.png", "image", follow_links=False) == tmp_path / "root" / "a.png"
+    with pytest.raises(SparcEvalError, match="leads outside"):
+        inside(tmp_path / "root", "a.png", "image")
+    for escaping in ("../disk/a.png", "sub/../../disk/a.png", str(tmp_path / "disk" / "a.png")):
+        with pytest.raises(SparcEvalError, match="image .* leads outside"):
+            inside(tmp_path / "root", escaping, "image", follow_links=False)

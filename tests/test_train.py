@@ -232,7 +232,7 @@ def test_resume_with_other_settings(synth_root, interrupted, capsys):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--data", "{tmp}/missing.jsonl"], "training data {tmp}/missing.jsonl does not exist"),
+        (["--data", "{tmp}/missing.jsonl"], "--data {tmp}/missing.jsonl does not exist"),
         (["--arch", "tinyy"], "unknown architecture 'tinyy'"),
         (["--objective", "clip", "--lambda-f", "2"], "--lambda-f does not apply to --objective clip (its options: none)"),
         (["--objective", "clip", "--fine-tokens", "unique"], "--fine-tokens does not apply to --objective clip"),
@@ -269,7 +269,7 @@ def test_bad_arguments(synth_root, tmp_path, capsys, args, needle):
 def test_errors_through_the_console_script(synth_root, tmp_path):
     (tmp_path / "out").mkdir()
     result = run_cli("train", "--data", synth_root, "--steps", 1, "--out", tmp_path / "out")
-    assert_one_line_error(result, f"output {tmp_path / 'out'} already exists")
+    assert_one_line_error(result, f"--out {tmp_path / 'out'} already exists")
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"image": "nowhere.png", "caption": "a red circle"}\n')
     assert_one_line_error(

@@ -66,7 +66,7 @@ def check_coco(path: Path, data: Any, kind: str, root: Path | None = None) -> No
         if needs_name and (not isinstance(name, str) or not name):
             raise SparcEvalError(f"annotation file {path}: image {image_id!r} has file_name {name!r}, not a file name")
         if needs_name and root is not None:
-            inside(root, name, f"annotation file {path}: file_name of image {image_id!r}")
+            inside(root, name, f"annotation file {path}: file_name of image {image_id!r}", follow_links=False)
         if kind == "lvis" and img.get("coco_url") is not None and not isinstance(img["coco_url"], str):
             raise SparcEvalError(f"annotation file {path}: image {image_id!r} has coco_url {img['coco_url']!r}, not a string")
         if kind != "captions":

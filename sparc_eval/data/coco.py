@@ -43,7 +43,7 @@ def _load(root: Path, split: str, annotation_option: str, fmt: str, keys: tuple[
 def coco_image_paths(root: Path, data: dict) -> list[Path]:
     """The image file of each entry of the JSON's `images`: its `file_name` under the images folder `root` (a name
     leading outside it is refused, so neither the reader nor the layout doctor looks outside)."""
-    return [inside(root, img["file_name"], f"file_name of image {img.get('id')}") for img in data["images"]]
+    return [inside(root, img["file_name"], f"file_name of image {img.get('id')}", follow_links=False) for img in data["images"]]
 
 
 def layout_coco(root: Path, split: str, *, annotation: str, **_: object) -> list[Need]:

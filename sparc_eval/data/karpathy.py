@@ -33,7 +33,7 @@ def karpathy_entries(root: Path, data: dict, split: str, images_dir: Path, annot
         base, rel = (
             (root, Path(entry["filepath"], entry["filename"])) if entry.get("filepath") else (images_dir, entry["filename"])
         )
-        out.append((inside(base, rel, f"annotation file {annotation}: image {entry['filename']!r}"), entry))
+        out.append((inside(base, rel, f"annotation file {annotation}: image {entry['filename']!r}", follow_links=False), entry))
     return out
 
 

@@ -40,7 +40,9 @@ def lvis_image_paths(root: Path, annotation: Path, images: list[dict]) -> list[P
                 )
             paths.append(root / parts[-2] / parts[-1])
         elif isinstance(img, dict) and img.get("file_name"):
-            paths.append(inside(root, img["file_name"], f"file_name of image {img.get('id')} in {annotation}"))
+            paths.append(
+                inside(root, img["file_name"], f"file_name of image {img.get('id')} in {annotation}", follow_links=False)
+            )
         else:
             raise SparcEvalError(
                 f"image {img.get('id') if isinstance(img, dict) else img!r} in {annotation} has neither coco_url nor file_name"

@@ -96,7 +96,7 @@ def check_tree(root: str | Path) -> CheckReport:
     # A manifest names files relative to its root and nothing else: an entry leading outside is refused before
     # anything is read.
     for rel, md5 in files.items():
-        inside(root, rel, f"{manifest_path}: entry")
+        inside(root, rel, f"{manifest_path}: entry", follow_links=False)
         if not isinstance(md5, str) or not _MD5.fullmatch(md5):
             raise SparcEvalError(f"{manifest_path}: entry {rel!r} has md5 {md5!r}, not 32 hexadecimal digits")
 
@@ -197,7 +197,7 @@ def _check_scenes(root: Path, path: Path) -> int:
         isinstance(img, dict) and isinstance(img.get("file_name"), str) and isinstance(img.get("objects"), list) for img in images
     ):
         raise SparcEvalError(f"scene file {path} is not a SynthScenes scene list (images with file_name and objects)")
-    require_images([inside(root, img["file_name"], f"scene file {path}: file_name") for img in images], path)
+    require_images([inside(root, img["file_name"], f"scene file {path}: file_name", follow_links=False) for img in images], path)
     return sum(len(img["objects"]) for img in images)
 
 

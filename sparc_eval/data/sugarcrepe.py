@@ -67,7 +67,7 @@ def read_sugarcrepe(
     paths: list[Path] = []
     entries: list[list[dict[str, Any]]] = []
     for kind in types:
-        path = inside(annotations_dir, f"{kind}.json", "SugarCrepe type")
+        path = inside(annotations_dir, f"{kind}.json", "SugarCrepe type", follow_links=False)
         table = load_json(path, "SugarCrepe file")
         if not isinstance(table, dict):
             raise SparcEvalError(f"SugarCrepe file {path} must hold an object keyed by entry id, not a {type(table).__name__}")
@@ -87,7 +87,7 @@ def read_sugarcrepe(
                 raise SparcEvalError(f"{where} has an empty 'negative_caption' list")
             if not isinstance(entry["filename"], str):
                 raise SparcEvalError(f"{where} has a non-text 'filename': {entry['filename']!r}")
-            image = inside(image_dir, entry["filename"], f"{where}: image")
+            image = inside(image_dir, entry["filename"], f"{where}: image", follow_links=False)
             folder = image.parent
             if folder not in listing:
                 listing[folder] = set(os.listdir(folder)) if folder.is_dir() else set()
@@ -110,7 +110,7 @@ def layout_sugarcrepe(
 ) -> list[Need]:
     """What "sugarcrepe" reads (sparc_eval.data.layout): one JSON per type, and the images those name."""
     image_dir, annotations_dir = resolve(root, images), resolve(root, annotations, split)
-    files = [inside(annotations_dir, f"{kind}.json", "SugarCrepe type") for kind in types]
+    files = [inside(annotations_dir, f"{kind}.json", "SugarCrepe type", follow_links=False) for kind in types]
     needs = [Need(annotations_dir, "SugarCrepe type files", folder=True, files=tuple(p.name for p in files))]
     names: list[str] = []
     for path in files:
@@ -119,7 +119,10 @@ def layout_sugarcrepe(
             names += [e["filename"] for e in table.values() if isinstance(e, dict) and isinstance(e.get("filename"), str)]
     if not names:
         return [*needs, Need(image_dir, "image folder", folder=True)]
-    return [*needs, *folder_needs(inside(image_dir, name, "SugarCrepe image") for name in dict.fromkeys(names))]
+    return [
+        *needs,
+        *folder_needs(inside(image_dir, name, "SugarCrepe image", follow_links=False) for name in dict.fromkeys(names)),
+    ]
 
 
 read_sugarcrepe.layout = layout_sugarcrepe  # type: ignore[attr-defined]

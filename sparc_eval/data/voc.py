@@ -173,7 +173,9 @@ def voc_files(root: Path, split: str, layout: str) -> tuple[Path, Path]:
 def voc_item_paths(root: Path, label_dir: Path, ids: list[str], split_file: Path) -> tuple[list[Path], list[Path]]:
     """The image and the label PNG of each id; an id names a file, never a path out of the tree."""
     what = f"split file {split_file}: image id"
-    return [inside(root / "JPEGImages", f"{i}.jpg", what) for i in ids], [inside(label_dir, f"{i}.png", what) for i in ids]
+    return [inside(root / "JPEGImages", f"{i}.jpg", what, follow_links=False) for i in ids], [
+        inside(label_dir, f"{i}.png", what, follow_links=False) for i in ids
+    ]
 
 
 def layout_voc(root: Path, split: str, *, layout: str = "voc", classnames: str | None = None) -> list[Need]:

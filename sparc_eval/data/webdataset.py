@@ -399,7 +399,7 @@ def verify_shards(folder: Path) -> int:
         raise SparcEvalError(f"{folder / MANIFEST} has no webdataset section")
     total = 0
     for entry in section["shards"]:
-        path = inside(folder, entry["file"], f"{folder / MANIFEST}: shard")
+        path = inside(folder, entry["file"], f"{folder / MANIFEST}: shard", follow_links=False)
         samples = checked_index(path, entry["samples"])
         with open(path, "rb") as handle:
             for sample in samples:

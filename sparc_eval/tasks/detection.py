@@ -128,16 +128,7 @@ class GroundTruth:
         raw = getattr(dataset, _ANNOTATION_API[spec.format]).dataset
         source = str(dataset.annotation)
         annotations: dict[int, list[dict]] = defaultdict(list)
-        for ann in raw["annotations"]:
-            bbox = ann.get("bbox")
-            if not (
-                isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-            ):
-                raise SparcEvalError(
-                    f"annotation {ann.get('id')} in {source} has bbox {bbox!r}; expected [x, y, width, height] of 4 finite numbers"
-                )
-            if bbox[2] < 0 or bbox[3] < 0:
-                raise SparcEvalError(f"annotation {ann.get('id')} in {source} has bbox {bbox!r} with a negative width or height")
+        for ann in raw["annotations"]:  # boxes were checked by the reader (data/annotations.py)
             annotations[ann["image_id"]].append(ann)
         return cls({img["id"]: img for img in raw["images"]}, annotations, list(raw["categories"]), source)
 
