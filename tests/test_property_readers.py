@@ -151,6 +151,25 @@ def test_coco_captions_reader(folder, change, cut):
     )
 
 
+@pytest.mark.parametrize(
+    "fmt, key, value, message",
+    [
+        ("coco-captions", "image_id", [], r"annotation 10 refers to image id \[\], which is not listed"),
+        ("coco-instances", "image_id", [], r"annotation 10 refers to image id \[\], which is not listed"),
+        ("coco-instances", "category_id", {"a": 1}, r"annotation 10 has category_id \{'a': 1\}, outside the listed"),
+    ],
+)
+def test_coco_reference_that_is_no_id_is_one_line(folder, fmt, key, value, message):
+    """Found by the property test: an unhashable image_id once raised TypeError instead of naming the entry."""
+    from sparc_eval.data.registry import open_dataset
+
+    doc = copy.deepcopy(COCO)
+    doc["annotations"][0].update({key: value, "caption": "a red circle"})
+    (folder / "unhashable.json").write_text(json.dumps(doc))
+    with pytest.raises(SparcEvalError, match=r"unhashable.json: " + message):
+        open_dataset(fmt, folder / "images", "val", annotation=str(folder / "unhashable.json"))
+
+
 @SETTINGS
 @given(change=mutated(KARPATHY), cut=st.integers(0, 10**6))
 def test_karpathy_reader(folder, change, cut):

@@ -99,7 +99,7 @@ def check_coco(path: Path, data: Any, kind: str, root: Path | None = None) -> No
                         )
     annotations = _unique_ids(path, _list_of_dicts(path, data, "annotations"), "annotation")
     for ann_id, ann in annotations.items():
-        if ann.get("image_id") not in images:
+        if not _is_id(ann.get("image_id")) or ann["image_id"] not in images:
             raise SparcEvalError(
                 f"annotation file {path}: annotation {ann_id!r} refers to image id {ann.get('image_id')!r}, which is not listed"
             )
@@ -109,7 +109,7 @@ def check_coco(path: Path, data: Any, kind: str, root: Path | None = None) -> No
                     f"annotation file {path}: annotation {ann_id!r} has caption {ann.get('caption')!r}, not a string"
                 )
             continue
-        if ann.get("category_id") not in categories:
+        if not _is_id(ann.get("category_id")) or ann["category_id"] not in categories:
             raise SparcEvalError(
                 f"annotation file {path}: annotation {ann_id!r} has category_id {ann.get('category_id')!r}, outside the listed categories"
             )
