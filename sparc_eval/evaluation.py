@@ -227,7 +227,7 @@ def run_evaluation(
         checkpoint={"ref": ckpt, **described},
         metrics={
             name: MetricValue(metric_value(output.metrics.get(name), where, name), higher)
-            for name, higher in runner_cls.metrics.items()
+            for name, higher in runner_cls.card_metrics(card).items()
         },
         n_samples=output.n_samples,
         samples_file=artifact_path(path, "samples.jsonl").name,

@@ -367,7 +367,8 @@ def hard_negatives(run: Run) -> dict[str, float | None]:
             scores = encode_texts(run.model, [entry["positive"], *entry["negatives"]]) @ image
             right.setdefault(entry["type"], []).append(float(all(scores[0] > scores[1:])))
             chance.setdefault(entry["type"], []).append(1 / len(scores))
-    out: dict[str, float | None] = {name: None for name in RUNNERS.get("hard_negatives").metrics}
+    listed = run.card.dataset.options["types"]  # a record holds the card's types only
+    out: dict[str, float | None] = {f"{kind}_{t}": None for t in ("mean", *listed) for kind in ("acc", "chance")}
     for t in right:
         out[f"acc_{t}"], out[f"chance_{t}"] = float(np.mean(right[t])), float(np.mean(chance[t]))
     out["acc_mean"] = float(np.mean([out[f"acc_{t}"] for t in right]))
@@ -406,10 +407,13 @@ def test_metrics_match_an_independent_computation(kind, tiny_sparc_ckpt, synth_d
     )
     record = evaluation.record
     assert record.task["runner"] == kind and record.task["family"] == runner.family
-    assert {name: m.higher_is_better for name, m in record.metrics.items()} == runner.metrics
-    run = Run(record, evaluation.path, load_card(card_path), load_model(str(tiny_sparc_ckpt)), synth_data_dir)
+    card = load_card(card_path)
+    declared = runner.card_metrics(card)
+    assert {name: m.higher_is_better for name, m in record.metrics.items()} == declared
+    assert all(runner.metrics[name] is higher for name, higher in declared.items())  # a subset of the declaration
+    run = Run(record, evaluation.path, card, load_model(str(tiny_sparc_ckpt)), synth_data_dir)
     expected = case.recompute(run)
-    assert set(expected) == set(runner.metrics) - set(case.not_recomputed)
+    assert set(expected) == set(declared) - set(case.not_recomputed)
     got = record.metric_values()
     for name, value in expected.items():
         if value is None:
@@ -419,4 +423,6 @@ def test_metrics_match_an_independent_computation(kind, tiny_sparc_ckpt, synth_d
     # The regression gate's paired bootstrap re-scores per-sample records with `aggregate`: it must give the
     # record's numbers back from the samples file (a separate promise from the check above).
     params = run.card.runner_params
-    assert runner.aggregate(run.samples(), params) == pytest.approx(got, rel=1e-9, abs=1e-12)
+    rescored = runner.aggregate(run.samples(), params)
+    assert {name: rescored[name] for name in got} == pytest.approx(got, rel=1e-9, abs=1e-12)
+    assert all(rescored[name] is None for name in set(rescored) - set(got))  # what the card leaves out has no value

@@ -41,7 +41,7 @@ def tasks_list(
                 "version": card.version,
                 "runner": card.runner,
                 "dataset": f"{card.dataset.format}:{card.dataset.root} [{card.dataset.split}]",
-                "metrics": list(runner.metrics),
+                "metrics": list(runner.card_metrics(card)),
                 "tags": list(card.tags),
                 "path": str(card.path),
             }

@@ -11,7 +11,7 @@ Metrics, per type T the card's reader lists: `acc_T` (share of T's entries answe
 (the share a random guess gets, the mean of 1 / number of candidates: 0.5 with one negative), and their
 unweighted means over the types present, `acc_mean` and `chance_mean`. Chance is descriptive (no better
 direction). The declared metrics are the union of the built-in types, SugarCrepe's seven and SynthScenes' six;
-a record holds values for its card's types and n/a for the others.
+a record holds those of its card's types only (`card_metrics`).
 
 Per-sample records carry `acc_T` (0/1) under the metric's name, so `sparc-eval regress` pairs them by `id`
 (`<type>/<entry id>`) and runs the exact McNemar test on each type; `acc_mean` goes to the paired bootstrap
@@ -57,6 +57,13 @@ class HardNegativesRunner(Runner):
         "chance_mean": None,
         **{name: higher for t in TYPES for name, higher in ((f"acc_{t}", True), (f"chance_{t}", None))},
     }
+
+    @classmethod
+    def card_metrics(cls, card: TaskCard) -> dict[str, bool | None]:
+        """The mean and the pair of each type the card lists (a SynthScenes record has no SugarCrepe columns)."""
+        types = card.dataset.options.get("types", SUGARCREPE_TYPES)
+        names = ("acc_mean", "chance_mean", *(f"{kind}_{t}" for t in types for kind in ("acc", "chance")))
+        return {name: cls.metrics[name] for name in names if name in cls.metrics}
 
     @classmethod
     def check(cls, card: TaskCard, params: Any) -> None:

@@ -271,6 +271,13 @@ class Runner(ABC):
         self.params = params
         self.ctx = ctx
 
+    @classmethod
+    def card_metrics(cls, card: TaskCard) -> dict[str, bool | None]:
+        """The metrics a record of `card` holds: every declared one, unless the kind's metrics depend on the
+        card (hard_negatives: one pair per negative type the card lists), so no record carries columns that
+        can never have a value."""
+        return cls.metrics
+
     @classmethod  # noqa: B027 (a no-op unless the kind has cross-checks)
     def check(cls, card: TaskCard, params: Any) -> None:
         """Checks of the card and params that their types cannot say (ranges that depend on each other, a
