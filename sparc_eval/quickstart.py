@@ -64,12 +64,16 @@ def quickstart_task_cards(out: Path, profile: Profile) -> list[Path]:
     if profile.synthscenes is None and not profile.task_params:
         return paths
     note = "on quickstart --fast's tiny SynthScenes tree (smoke run only)."
-    return [
-        write_card_variant(
-            path, out / "tasks" / path.name, f"{path.name} {note}", params=profile.task_params, synthscenes=profile.synthscenes
+    variants = []
+    for path in paths:
+        written = load_card(path).params  # the profile overrides only what a card sets (epochs of a fitting stage)
+        params = {k: v for k, v in profile.task_params.items() if k in written}
+        variants.append(
+            write_card_variant(
+                path, out / "tasks" / path.name, f"{path.name} {note}", params=params, synthscenes=profile.synthscenes
+            )
         )
-        for path in paths
-    ]
+    return variants
 
 
 def run_quickstart(

@@ -126,3 +126,19 @@ def test_builtin_card_hashes_are_those_the_records_were_made_with():
         "imagenet-zs": "e1b44d1a1433",
     }
     assert {name: load_card(name).sha256[:12] for name in expected} == expected
+
+
+def test_card_variant_sets_new_params_and_the_fast_quickstart_overrides_only_what_a_card_sets(tmp_path):
+    """A variant once dropped params its card did not list (the like-for-like bench's train_backbone: true), so a
+    'fine-tuned backbone' run scored the frozen protocol again without a word."""
+    from sparc_eval.quickstart import FAST, quickstart_task_cards
+    from sparc_eval.tasks.card import write_card_variant
+
+    variant = write_card_variant(find_card("synth-det"), tmp_path / "det.yaml", "backbone", params={"train_backbone": True})
+    assert load_card(variant).runner_params.train_backbone is True
+    with pytest.raises(SparcEvalError, match="no_such_param"):
+        load_card(write_card_variant(find_card("synth-det"), tmp_path / "bad.yaml", "typo", params={"no_such_param": 1}))
+
+    fast = {load_card(p).name: load_card(p) for p in quickstart_task_cards(tmp_path / "qs", FAST)}
+    assert fast["synth-det"].params["epochs"] == 1 and fast["synth-kprecision"].params["epochs"] == 1
+    assert "epochs" not in fast["synth-cls"].params and "epochs" not in fast["synth-seg"].params

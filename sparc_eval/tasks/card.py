@@ -179,14 +179,15 @@ def load_card(ref: str | os.PathLike) -> TaskCard:
 def write_card_variant(
     source: Path, dest: Path, note: str, *, params: dict[str, Any] | None = None, synthscenes: dict[str, int] | None = None
 ) -> Path:
-    """A copy of card `source` at `dest` with `note` as its first comment line, the given values replacing those of
-    the params the card already has, and (when given) another SynthScenes tree. Its hash follows its new content."""
+    """A copy of card `source` at `dest` with `note` as its first comment line, the given params set (replacing or
+    adding; the copy is validated like any card when it is loaded), and (when given) another SynthScenes tree. Its
+    hash follows its new content."""
     import yaml
 
     _, raw = read_card(source, TASK)
     if synthscenes is not None:
         raw["synthscenes"] = dict(synthscenes)
     card_params = raw.get("params") or {}
-    raw["params"] = {**card_params, **{k: v for k, v in (params or {}).items() if k in card_params}}
+    raw["params"] = {**card_params, **(params or {})}
     write_text_atomic(dest, f"# {note}\n" + yaml.safe_dump(raw, sort_keys=False))
     return dest
