@@ -73,6 +73,15 @@ def test_per_seed_keeps_one_row_per_checkpoint(results):
     assert sorted(table.cell(label, col) for label in table.rows) == pytest.approx([0.1, 0.2, 0.3, 0.34, 0.4, 0.9])
 
 
+def test_how_a_run_was_executed_is_not_the_recipe(tmp_path):
+    """DataLoader workers (and world size) do not change what is trained: a record whose recipe lists them, as the
+    trainer once wrote, groups with one that does not."""
+    folder = tmp_path / "results"
+    _write(folder, "tiny-clip", 0, RECIPE, "synth-cls", {"top1": 0.1})
+    _write(folder, "tiny-clip", 1, {**RECIPE, "num_workers": 2, "world_size": 2}, "synth-cls", {"top1": 0.3})
+    assert list(build_table(folder).rows) == ["tiny-clip (2 seeds)"]
+
+
 def test_same_name_other_recipe_is_another_row(tmp_path):
     folder = tmp_path / "results"
     for seed in (0, 1):

@@ -306,8 +306,9 @@ def load_checkpoint(folder: str | os.PathLike) -> nn.Module:
     return model
 
 
-# Training settings that say how a run was executed, not what was trained: 2 processes reproduce 1.
-_RUN_LEVEL_TRAINING_KEYS = ("seed", "steps_done", "world_size", "train_seconds")
+# Training settings that say how a run was executed, not what was trained: 2 processes reproduce 1, and the batch
+# of a step does not depend on the number of DataLoader workers.
+RUN_LEVEL_TRAINING_KEYS = ("seed", "steps_done", "world_size", "num_workers", "train_seconds")
 
 
 def training_recipe(config: dict[str, Any]) -> dict[str, Any]:
@@ -315,7 +316,7 @@ def training_recipe(config: dict[str, Any]) -> dict[str, Any]:
     how the run was executed, plus the training data's hash, so checkpoints that differ only by seed share it
     (results.seeds groups their records into one row)."""
     training = config["training"]
-    recipe = {k: v for k, v in training.items() if k not in _RUN_LEVEL_TRAINING_KEYS}
+    recipe = {k: v for k, v in training.items() if k not in RUN_LEVEL_TRAINING_KEYS}
     data = config.get("data")
     recipe["data_sha256"] = data.get("pairs_sha256") if isinstance(data, dict) else None
     return {"seed": training.get("seed"), "recipe": recipe}

@@ -27,6 +27,7 @@ import numpy as np
 
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import sha256_text
+from sparc_eval.models.checkpoint import RUN_LEVEL_TRAINING_KEYS
 from sparc_eval.results.collect import Entry
 
 
@@ -40,7 +41,10 @@ def recipe_sha256(entry: Entry) -> str | None:
     training = entry.record.checkpoint.get("training")
     if not isinstance(training, dict) or not isinstance(training.get("recipe"), dict):
         return None
-    return sha256_text(json.dumps(training["recipe"], sort_keys=True, default=str))
+    # Keys that say how a run was executed are left out here too: records made before a key joined that list
+    # (num_workers) still group with newer ones.
+    recipe = {k: v for k, v in training["recipe"].items() if k not in RUN_LEVEL_TRAINING_KEYS}
+    return sha256_text(json.dumps(recipe, sort_keys=True, default=str))
 
 
 def group_key(entry: Entry) -> tuple:
