@@ -760,7 +760,7 @@ def test_a_clean_record_passes_the_same_readers(world, capsys):
 
 def test_resume_state_beyond_steps_is_refused(world, capsys, monkeypatch):
     """A periodic checkpoint whose training state was edited to a step past --steps: one line, nothing published."""
-    from test_train import MICRO
+    from micro_training import MICRO
 
     from sparc_eval.models.sparc import PRESETS
     from sparc_eval.train import loop

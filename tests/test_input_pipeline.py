@@ -7,17 +7,13 @@ import json
 
 import pytest
 import torch
+from micro_training import MICRO
 
 from sparc_eval.cli import main
 from sparc_eval.models.sparc import PRESETS, create_model
 from sparc_eval.train.batches import PairBatches, batch_loader
 from sparc_eval.train.loop import TrainConfig, train
 
-MICRO = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 LOSS_KEYS = ("step", "lr", "loss", "global", "fine", "fine_matched", "fine_mismatched", "align_nonzero", "logit_scale")
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import MICRO
+from micro_training import MICRO
 
 from sparc_eval.fileio import sha256_file
 

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from micro_training import MICRO, train_interrupted
 
 from sparc_eval.models.objective_filip import filip_loss, filip_similarities
 from sparc_eval.models.objective_gloria import gloria_local_loss, gloria_scores
@@ -398,12 +399,6 @@ def test_unknown_option_and_objective():
 
 # ----------------------------------------------------------------------------- through `sparc-eval train`
 
-MICRO = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["filip", "pacl", "gloria", "mgca"])
@@ -478,7 +473,6 @@ def test_mgca_resume_restores_prototypes_and_step_count(synth_root, tmp_path, mo
     from safetensors.torch import load_file
 
     from sparc_eval.models.sparc import PRESETS
-    from sparc_eval.train import loop
     from sparc_eval.train.loop import TrainConfig, train
 
     monkeypatch.setitem(PRESETS, "micro", MICRO)
@@ -486,18 +480,7 @@ def test_mgca_resume_restores_prototypes_and_step_count(synth_root, tmp_path, mo
     base = dict(data=str(synth_root), arch="micro", objective="mgca", objective_options=options, steps=4, batch_size=8)
     base.update(warmup=1, log_every=1, device="cpu")
     straight = train(TrainConfig(out=str(tmp_path / "straight"), **base))
-    real_step, calls = loop.train_step, []
-
-    def dying_step(*args, **kwargs):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(out=str(tmp_path / "resumed"), save_every=2, **base))
-    monkeypatch.setattr(loop, "train_step", real_step)
+    train_interrupted(monkeypatch, TrainConfig(out=str(tmp_path / "resumed"), save_every=2, **base), after_steps=3)
     resumed = train(TrainConfig(out=str(tmp_path / "resumed"), save_every=2, resume=True, **base))
     a, b = load_file(str(straight / "objective.safetensors")), load_file(str(resumed / "objective.safetensors"))
     assert int(b["steps_seen"]) == 4

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_cli
+from micro_training import MICRO, train_interrupted
 from PIL import Image
 
 from sparc_eval.cli import main
@@ -22,17 +23,11 @@ from sparc_eval.data.registry import open_dataset
 from sparc_eval.data.webdataset import index_shard, read_member
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.models.sparc import PRESETS
-from sparc_eval.train import loop
 from sparc_eval.train.loop import TrainConfig, periodic_dir, train
 from sparc_eval.train.shards import SHUFFLE_SHARDS, ShardBatches
 
 wds = pytest.importorskip("webdataset")
 
-MICRO = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 LOSS_KEYS = ("step", "lr", "loss", "global", "fine", "fine_matched", "fine_mismatched", "align_nonzero", "logit_scale")
 
 
@@ -271,30 +266,14 @@ def test_training_from_shards_is_deterministic_and_resumes_exactly(pair_shards, 
     config = json.loads((straight / "config.json").read_text())["data"]
     assert config["n_shards"] == 10 and config["n_images"] == 96 and config["shards_sha256"]
 
-    real_step, calls = loop.train_step, []
-
-    def dying_step(*args, **kwargs):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(pattern, tmp_path / "d", save_every=2, num_workers=2))
-    monkeypatch.setattr(loop, "train_step", real_step)
+    train_interrupted(monkeypatch, _cfg(pattern, tmp_path / "d", save_every=2, num_workers=2), after_steps=3)
     assert [p.name for p in periodic_dir(tmp_path / "d").iterdir()] == ["step_0000002"]
     resumed = train(_cfg(pattern, tmp_path / "d", save_every=2, resume=True, num_workers=2))
     assert _losses(resumed) == _losses(straight)
 
     # Other shards under the same pattern: the resume check refuses them.
-    train_interrupted = periodic_dir(tmp_path / "e")
-    monkeypatch.setattr(loop, "train_step", dying_step)
-    calls.clear()
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(pattern, tmp_path / "e", save_every=2))
-    monkeypatch.setattr(loop, "train_step", real_step)
-    assert train_interrupted.is_dir()
+    train_interrupted(monkeypatch, _cfg(pattern, tmp_path / "e", save_every=2), after_steps=3)
+    assert periodic_dir(tmp_path / "e").is_dir()
     fewer = f"{pair_shards}/{{000000..000008}}.tar"
     with pytest.raises(SparcEvalError, match="its training data differs"):
         train(_cfg(fewer, tmp_path / "e", save_every=2, resume=True))

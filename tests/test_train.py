@@ -9,22 +9,15 @@ import shutil
 import pytest
 import torch
 from conftest import assert_one_line_error, run_cli
+from micro_training import MICRO, train_interrupted
 from PIL import Image
 
 from sparc_eval import load_model
 from sparc_eval.cli import main
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.models.sparc import PRESETS, create_model
-from sparc_eval.train import loop
 from sparc_eval.train.batches import PairBatches
 from sparc_eval.train.loop import TrainConfig, learning_rate, periodic_dir, train
-
-# A one-layer model for the in-process runs (the CLI runs use the real tiny preset).
-MICRO = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 # Everything a log row holds except timings, which differ from run to run.
 LOSS_KEYS = ("step", "lr", "loss", "global", "fine", "images", "fine_matched", "fine_mismatched", "align_nonzero", "logit_scale")
@@ -92,18 +85,7 @@ def test_same_seed_same_losses_and_exact_resume(synth_root, tmp_path, monkeypatc
     assert _losses(other_seed)[0]["loss"] != _losses(straight)[0]["loss"]
 
     # Interrupt a run after step 3 (periodic checkpoint at step 2), then resume it.
-    real_step, calls = loop.train_step, []
-
-    def dying_step(*args, **kwargs):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(synth_root, tmp_path / "d", save_every=2))
-    monkeypatch.setattr(loop, "train_step", real_step)
+    train_interrupted(monkeypatch, _cfg(synth_root, tmp_path / "d", save_every=2), after_steps=3)
     assert not (tmp_path / "d").exists()
     assert [p.name for p in periodic_dir(tmp_path / "d").iterdir()] == ["step_0000002"]
     with pytest.raises(SparcEvalError, match="pass --resume"):
@@ -160,19 +142,8 @@ def test_learning_rate_schedule():
 @pytest.fixture
 def interrupted(synth_root, tmp_path, monkeypatch):
     """An output path whose run stopped after a periodic checkpoint at step 1."""
-    real_step, calls = loop.train_step, []
-
-    def dying_step(*args, **kwargs):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", dying_step)
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(synth_root, out, save_every=1))
-    monkeypatch.setattr(loop, "train_step", real_step)
+    train_interrupted(monkeypatch, _cfg(synth_root, out, save_every=1), after_steps=1)
     return out, periodic_dir(out) / "step_0000001"
 
 
