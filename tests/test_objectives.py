@@ -347,5 +347,5 @@ def test_objective_adds_weighted_image_negatives():
     assert parts["images"].item() == pytest.approx(images.item())
     assert parts["total"].item() == pytest.approx(base["total"].item() + 0.5 * images.item())
     assert "images" not in base and SparcObjective(lambda_images=0.5).describe()["lambda_images"] == 0.5
-    with pytest.raises(SparcEvalError, match="lambda_images must be at least 0, got -1"):
+    with pytest.raises(SparcEvalError, match="lambda_images must be a finite number at least 0, got -1"):
         build_objective("sparc", lambda_images=-1.0)

@@ -373,13 +373,17 @@ def test_fine_parts_are_the_reference_losses():
 @pytest.mark.parametrize(
     "name,options,needle",
     [
-        ("filip", {"lambda_f": -1.0}, "lambda_f must be at least 0, got -1.0"),
-        ("pacl", {"lambda_g": -0.5}, "lambda_g must be at least 0, got -0.5"),
-        ("gloria", {"tau2": 0.0}, "tau2 must be positive, got 0.0"),
-        ("gloria", {"tau1": -4.0}, "tau1 must be positive, got -4.0"),
-        ("mgca", {"proto_temperature": -0.2}, "proto_temperature must be positive, got -0.2"),
-        ("mgca", {"lambda_proto": -1.0}, "lambda_proto must be at least 0, got -1.0"),
-        ("sparc", {"lambda_g": -1.0}, "lambda_g must be at least 0, got -1.0"),
+        ("filip", {"lambda_f": -1.0}, "lambda_f must be a finite number at least 0, got -1.0"),
+        ("pacl", {"lambda_g": -0.5}, "lambda_g must be a finite number at least 0, got -0.5"),
+        ("gloria", {"tau2": 0.0}, "tau2 must be a finite positive number, got 0.0"),
+        ("gloria", {"tau1": -4.0}, "tau1 must be a finite positive number, got -4.0"),
+        ("mgca", {"proto_temperature": -0.2}, "proto_temperature must be a finite positive number, got -0.2"),
+        ("mgca", {"lambda_proto": -1.0}, "lambda_proto must be a finite number at least 0, got -1.0"),
+        ("sparc", {"lambda_g": -1.0}, "lambda_g must be a finite number at least 0, got -1.0"),
+        ("gloria", {"tau2": float("inf")}, "tau2 must be a finite positive number, got inf"),
+        ("mgca", {"proto_temperature": float("nan")}, "proto_temperature must be a finite positive number, got nan"),
+        ("filip", {"lambda_f": float("inf")}, "lambda_f must be a finite number at least 0, got inf"),
+        ("sparc", {"lambda_f": float("nan")}, "lambda_f must be a finite number at least 0, got nan"),
     ],
 )
 def test_bad_option_values_name_the_option(name, options, needle):

@@ -212,18 +212,21 @@ def test_resume_with_other_settings(synth_root, interrupted, capsys):
             ["--objective", "gloria", "--option", "tau9=1"],
             "--option tau9 does not apply to --objective gloria (its options: lambda_f, lambda_g, tau1, tau2, tau3)",
         ),
-        (["--objective", "gloria", "--option", "tau2=0"], "--option tau2 must be positive, got 0"),
+        (["--objective", "gloria", "--option", "tau2=0"], "--option tau2 must be a finite positive number, got 0"),
         (["--objective", "gloria", "--option", "tau1"], "--option 'tau1' must look like KEY=VALUE"),
         (["--objective", "mgca", "--option", "lambda_f=2"], "--option lambda_f: set it with --lambda-f"),
-        (["--objective", "pacl", "--lambda-g", "-1"], "--lambda-g must be at least 0, got -1.0"),
-        (["--objective", "mgca", "--option", "proto_temperature=-0.2"], "--option proto_temperature must be positive, got -0.2"),
+        (["--objective", "pacl", "--lambda-g", "-1"], "--lambda-g must be a finite number at least 0, got -1.0"),
+        (["--objective", "mgca", "--option", "proto_temperature=-0.2"], "--option proto_temperature must be a finite positive number, got -0.2"),
         (["--text-attention", "sideways"], "--text-attention must be one of causal, bidirectional, got 'sideways'"),
         (["--fine-tokens", "nouns"], "unknown fine_tokens 'nouns'"),
         (["--objective", "clip", "--lambda-images", "1"], "--lambda-images does not apply to --objective clip"),
-        (["--lambda-images", "-1"], "--lambda-images must be at least 0, got -1.0"),
+        (["--lambda-images", "-1"], "--lambda-images must be a finite number at least 0, got -1.0"),
         (["--objective", "filipp"], "unknown objective 'filipp'; known objectives: clip, filip, gloria, mgca, pacl, sparc"),
         (["--batch-size", "500"], "batch size 500 exceeds the 96 distinct images"),
         (["--steps", "0"], "--steps must be at least 1"),
+        (["--objective", "gloria", "--option", "tau2=inf"], "--option tau2 must be a finite positive number, got inf"),
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
         (["--softmax-weights", "--device", "tpu"], "unknown device 'tpu'"),
     ],
 )
@@ -247,3 +250,11 @@ def test_errors_through_the_console_script(synth_root, tmp_path):
         run_cli("train", "--data", bad, "--steps", 1, "--out", tmp_path / "o2"), "nowhere.png, which does not exist"
     )
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_non_finite_loss_stops_training_with_one_line_and_no_checkpoint(synth_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    # A learning rate this large sends the weights to inf within two steps; the loss turns NaN.
+    args = ["--data", synth_root, "--out", out, "--arch", "micro", "--steps", "6", "--batch-size", "8", "--warmup", "0"]
+    _assert_cli_error(capsys, "the sparc loss is not finite", *args, "--lr", "1e30", "--grad-clip", "0")
+    assert not out.exists()

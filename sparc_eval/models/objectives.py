@@ -12,6 +12,7 @@ have the same number of tokens, and otherwise Listing 1 weights long captions mo
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -54,17 +55,17 @@ class OptionError(SparcEvalError):
 
 
 def check_non_negative(**options: float) -> None:
-    """Loss weights: 0 switches a term off, a negative weight would reward the loss."""
+    """Loss weights: 0 switches a term off, a negative weight would reward the loss, an infinite one makes it NaN."""
     for name, value in options.items():
-        if not value >= 0:
-            raise OptionError(name, "must be at least 0", value)
+        if not (value >= 0 and math.isfinite(value)):
+            raise OptionError(name, "must be a finite number at least 0", value)
 
 
 def check_positive(**options: float) -> None:
-    """Temperatures, scales and counts: must be strictly positive."""
+    """Temperatures, scales and counts: strictly positive and finite (an infinite temperature makes the loss NaN)."""
     for name, value in options.items():
-        if not value > 0:
-            raise OptionError(name, "must be positive", value)
+        if not (value > 0 and math.isfinite(value)):
+            raise OptionError(name, "must be a finite positive number", value)
 
 
 def symmetric_cross_entropy(logits_i2t: torch.Tensor, logits_t2i: torch.Tensor, offset: int) -> torch.Tensor:

@@ -106,13 +106,13 @@ class TrainConfig:
         for name in ("warmup", "save_every", "num_workers", "eval_every"):
             if getattr(self, name) < 0:
                 raise SparcEvalError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise SparcEvalError(f"--lr must be positive, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SparcEvalError(f"--lr must be a finite positive number, got {self.lr}")
         if self.text_attention not in TEXT_ATTENTION:
             raise SparcEvalError(f"--text-attention must be one of {', '.join(TEXT_ATTENTION)}, got {self.text_attention!r}")
         for name in ("weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise SparcEvalError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise SparcEvalError(f"--{name.replace('_', '-')} must be a finite number at least 0, got {getattr(self, name)}")
         for kind in self.report_to:
             if kind not in REPORTERS:
                 raise SparcEvalError(f"--report-to must be one of {', '.join(REPORTERS)}, got {kind!r}")
@@ -400,6 +400,13 @@ def train(cfg: TrainConfig, evaluate: Callable[[int, Path], dict[str, float]] | 
                 parts, outputs = train_step(net, objective, optimizer, images, tokens, grad_clip=cfg.grad_clip, bf16=cfg.bf16)
                 n_window += cfg.batch_size
                 done = step + 1
+                # One host sync a step: a NaN would otherwise train on silently and be saved as a checkpoint.
+                if not torch.isfinite(parts["total"]).item():
+                    shown = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items() if v.numel() == 1)
+                    raise SparcEvalError(
+                        f"training stopped at step {done}: the {cfg.objective} loss is not finite ({shown}); "
+                        "no checkpoint written; lower --lr or check the objective's options"
+                    )
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     now = time.perf_counter()
                     values = _mean_over_ranks({**parts, **fine_diagnostics(outputs, sparsity, weights)}, world)
