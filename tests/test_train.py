@@ -216,7 +216,10 @@ def test_resume_with_other_settings(synth_root, interrupted, capsys):
         (["--objective", "gloria", "--option", "tau1"], "--option 'tau1' must look like KEY=VALUE"),
         (["--objective", "mgca", "--option", "lambda_f=2"], "--option lambda_f: set it with --lambda-f"),
         (["--objective", "pacl", "--lambda-g", "-1"], "--lambda-g must be a finite number at least 0, got -1.0"),
-        (["--objective", "mgca", "--option", "proto_temperature=-0.2"], "--option proto_temperature must be a finite positive number, got -0.2"),
+        (
+            ["--objective", "mgca", "--option", "proto_temperature=-0.2"],
+            "--option proto_temperature must be a finite positive number, got -0.2",
+        ),
         (["--text-attention", "sideways"], "--text-attention must be one of causal, bidirectional, got 'sideways'"),
         (["--fine-tokens", "nouns"], "unknown fine_tokens 'nouns'"),
         (["--objective", "clip", "--lambda-images", "1"], "--lambda-images does not apply to --objective clip"),
