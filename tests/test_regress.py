@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -309,3 +310,19 @@ def test_the_gate_reads_params_from_the_records_never_the_card(mean_card, tmp_pa
     record.write_text(json.dumps(raw))
     with pytest.raises(SparcEvalError, match=f"result record {record}: unknown params key 'feld'"):
         compare_results(tmp_path / "base", tmp_path / "new", n_bootstrap=50)
+
+
+def test_baseline_samples_without_the_runners_fields_are_one_line(mean_card, tmp_path):
+    # A baseline whose per-sample file (sha256 matching its record) lacks the field the runner's aggregate reads.
+    scores = np.linspace(0, 1, 30)
+    path = _write_mean(tmp_path / "base", scores, mean_card)
+    record = json.loads(path.read_text())
+    samples = path.parent / record["samples_file"]
+    samples.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(30)))
+    record["samples_sha256"] = hashlib.sha256(samples.read_bytes()).hexdigest()
+    path.write_text(json.dumps(record))
+    _write_mean(tmp_path / "new", scores - 0.1, mean_card)
+    with pytest.raises(SparcEvalError) as info:  # in process: the test runner is registered here only
+        compare_results(tmp_path / "base", tmp_path / "new", n_bootstrap=20)
+    assert str(info.value).startswith(f"per-sample records of {path} do not hold what runner 'test-mean'")
+    assert "KeyError: 'score'" in str(info.value) and "\n" not in str(info.value)

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from record_factory import fake_sha, write_run
 from scipy.stats import binomtest
 
@@ -161,8 +161,15 @@ def test_table_cli_per_seed_and_paired(results):
     assert shown.code == 0 and "tiny-clip (3 seeds)" in shown.stdout
     per_seed = run_cli("table", results, "--format", "md", "--per-seed")
     assert per_seed.code == 0 and "(3 seeds)" not in per_seed.stdout
-    bad = run_cli("table", results, "--paired", "tiny-clip", "nothing")
-    assert bad.code == 2 and "no row 'nothing' in the results" in bad.stderr
+    # Bad --paired input is one line and no table: nothing on stdout, exit 2.
+    for args, needle in (
+        (("--paired", "tiny-clip", "nothing"), "no row 'nothing' in the results"),
+        (("--paired", "tiny-clip", "tiny-clip (3 seeds)"), "--paired needs two different rows"),
+        (("--paired", "tiny-clip", "tiny-sparc", "--bootstrap", "0"), "--bootstrap must be between 1 and 1000000, got 0"),
+    ):
+        bad = run_cli("table", results, *args)
+        assert_one_line_error(bad, needle)
+        assert bad.stdout == "", (args, bad.stdout)
 
 
 def test_paired_test_recomputes_other_metrics_with_the_runners_aggregate(tmp_path):
@@ -184,3 +191,36 @@ def test_paired_test_recomputes_other_metrics_with_the_runners_aggregate(tmp_pat
     mpcr = next(c for c in results if c.metric == "mean_per_class_recall")
     assert mpcr.test == "bootstrap" and mpcr.delta == pytest.approx(0.5)
     assert mpcr.p_value < 0.05 and 0.35 < mpcr.ci_low < mpcr.ci_high < 0.65
+
+
+def test_table_cli_paired_finds_a_one_seed_row_by_the_label_it_shows(tmp_path):
+    # A recipe trained on one seed keeps its checkpoint's label (name and short sha) in the table; --paired must
+    # accept that label, as well as the bare name.
+    results = tmp_path / "results"
+
+    def _classified(bits):  # what the classification runner writes per image
+        return [{"id": i, "label": i % 2, "top1": b, "top5": 1} for i, b in enumerate(bits)]
+
+    for seed in (0, 1):
+        _write(results, "tiny-clip", seed, RECIPE, "synth-cls", {"top1": 0.5, "top5": 1.0}, samples=_classified([0, 1, 1, 0]))
+    gloria = {**RECIPE, "objective": {"name": "gloria"}}
+    _write(results, "tiny-gloria", 0, gloria, "synth-cls", {"top1": 0.5, "top5": 1.0}, samples=_classified([1, 0, 1, 0]))
+    (label,) = [row for row in build_table(results).rows if row.startswith("tiny-gloria")]
+    assert "seed" not in label
+    for ref in (label, "tiny-gloria"):
+        shown = run_cli("table", results, "--format", "md", "--paired", "tiny-clip", ref, "--bootstrap", 50)
+        assert shown.code == 0, shown.stderr
+        assert f"| task | metric | tiny-clip | {ref} |" in shown.stdout
+    # Scored on other test images: one line, and no table before it.
+    pacl = {**RECIPE, "objective": {"name": "pacl"}}
+    _write(results, "tiny-pacl", 0, pacl, "synth-cls", {"top1": 0.5, "top5": 1.0}, samples=_classified([1, 0] * 3))
+    bad = run_cli("table", results, "--paired", "tiny-clip", "tiny-pacl")
+    assert_one_line_error(bad, "tiny-clip vs tiny-pacl on synth-cls: sample set changed: 0 of the baseline's 4")
+    assert bad.stdout == ""
+
+
+def test_table_cli_paired_on_samples_without_the_runners_fields_is_one_line(results):
+    # The fixture's tiny-clip and tiny-sparc per-sample files hold ids only: nothing the classification aggregate reads.
+    bad = run_cli("table", results, "--paired", "tiny-clip", "tiny-sparc", "--bootstrap", 10)
+    assert_one_line_error(bad, "do not hold what runner 'classification' recomputes its metrics from (KeyError: 'top1')")
+    assert bad.stdout == ""

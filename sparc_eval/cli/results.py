@@ -41,17 +41,23 @@ def table_cmd(
 
     if fmt not in FORMATS:
         raise SparcEvalError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
+    checks.between("--bootstrap", bootstrap, 1, 1_000_000)
     table = build_table(results_dir, layout=layout, per_seed=per_seed)
+    if paired:
+        from sparc_eval.results.seeds import find_group, paired_markdown, paired_test
+
+        # The test runs before anything is printed: a bad name or unpairable records are one line, not a table and an error.
+        groups = table.groups or build_table(results_dir, layout=layout).groups
+        a, b = (find_group(groups, ref) for ref in paired)
+        if a is b:
+            raise SparcEvalError(f"--paired needs two different rows; {paired[0]!r} and {paired[1]!r} are the same row")
+        comparisons = paired_test(a, b, n_bootstrap=bootstrap)
     if fmt == "rich":
         console.print(render_rich(table, title=f"results in {results_dir}", width=console.width))
     else:
         sys.stdout.write(TEXT_RENDERERS[fmt](table))
     if paired:
-        from sparc_eval.results.seeds import find_group, group_entries, paired_markdown, paired_test
-
-        groups = group_entries(e for entries in table.rows.values() for e in entries)
-        a, b = (find_group(groups, ref) for ref in paired)
-        sys.stdout.write("\n" + paired_markdown(paired_test(a, b, n_bootstrap=bootstrap), *paired))
+        sys.stdout.write("\n" + paired_markdown(comparisons, *paired))
 
 
 @app.command("regress")

@@ -225,7 +225,7 @@ def _compare_task(base: Entry, new: Entry, report: RegressionReport) -> None:
         else:
             comparison.test, comparison.p_value = "McNemar", _mcnemar(*outcomes)
     if bootstrap:
-        _paired_bootstrap(bootstrap, new, base_rows, new_rows, report)
+        _paired_bootstrap(bootstrap, base, new, base_rows, new_rows, report)
     for comparison in to_test:
         significant = comparison.p_value is None or comparison.p_value < report.alpha
         comparison.status = REGRESSION if significant else WITHIN_NOISE
@@ -252,8 +252,11 @@ def _pair_samples(base: Entry, new: Entry) -> tuple[list[dict], list[dict]] | st
         if len(set(base_keys)) != len(base_keys) or len(set(new_keys)) != len(new_keys):
             continue
         if set(base_keys) != set(new_keys):
-            missing = len(set(base_keys) - set(new_keys))
-            return f"sample set changed: {missing} baseline sample id(s) ({id_field}) not in the new per-sample records"
+            missing, extra = len(set(base_keys) - set(new_keys)), len(set(new_keys) - set(base_keys))
+            return (
+                f"sample set changed: {missing} of the baseline's {len(base_keys)} sample id(s) ({id_field}) are not in "
+                f"the new per-sample records, and {extra} of the new {len(new_keys)} are not in the baseline's"
+            )
         by_id = dict(zip(new_keys, new_rows))
         return base_rows, [by_id[k] for k in base_keys]
     return f"per-sample records cannot be paired: no field among {', '.join(ID_FIELDS)} is present and unique in both files"
@@ -288,8 +291,27 @@ def _mcnemar(base: np.ndarray, new: np.ndarray) -> float:
     return float(binomtest(lost, lost + gained, 0.5, alternative="two-sided").pvalue)
 
 
+def recompute(runner: Any, rows: list[dict], params: Any, source: Entry) -> dict[str, float | None]:
+    """The runner's aggregate over per-sample rows read from `source`'s file; rows that lack what it reads (a
+    hand-made or foreign file whose sha256 the record matches) are one error naming that file, not a traceback."""
+    try:
+        return runner.aggregate(rows, params)
+    except NotImplementedError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise SparcEvalError(
+            f"per-sample records of {source.path} do not hold what runner {source.record.task['runner']!r} "
+            f"recomputes its metrics from ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def _paired_bootstrap(
-    comparisons: list[MetricComparison], new: Entry, base_rows: list[dict], new_rows: list[dict], report: RegressionReport
+    comparisons: list[MetricComparison],
+    base: Entry,
+    new: Entry,
+    base_rows: list[dict],
+    new_rows: list[dict],
+    report: RegressionReport,
 ) -> None:
     """Resample sample indices (the same ones for both sides), recompute the metrics, and test delta = 0 two-sided."""
     from sparc_eval.tasks.runner import get_runner
@@ -298,7 +320,7 @@ def _paired_bootstrap(
     runner = get_runner(runner_name)
     params = _recorded_params(new, runner)
     try:
-        full = runner.aggregate(new_rows, params)
+        full = recompute(runner, new_rows, params, new)
     except NotImplementedError:
         for c in comparisons:
             c.test, c.note = "none", f"runner {runner_name!r} cannot recompute its metrics from per-sample records"
@@ -315,8 +337,8 @@ def _paired_bootstrap(
     deltas: dict[str, list[float]] = {c.metric: [] for c in comparisons}
     for _ in track(range(report.n_bootstrap), f"bootstrap {new.name} / {new.task}"):
         idx = rng.integers(0, n, size=n)
-        old = runner.aggregate([base_rows[i] for i in idx], params)
-        now = runner.aggregate([new_rows[i] for i in idx], params)
+        old = recompute(runner, [base_rows[i] for i in idx], params, base)
+        now = recompute(runner, [new_rows[i] for i in idx], params, new)
         for metric, values in deltas.items():
             if old.get(metric) is not None and now.get(metric) is not None:
                 values.append(now[metric] - old[metric])

@@ -184,7 +184,7 @@ def paired_test(
             else:
                 recomputed.append(comparison)
         if recomputed:
-            _bootstrap_aggregate(recomputed, ea, rows_a, rows_b, rng, n_bootstrap_aggregate or n_bootstrap)
+            _bootstrap_aggregate(recomputed, ea, eb, rows_a, rows_b, rng, n_bootstrap_aggregate or n_bootstrap)
     return out
 
 
@@ -210,13 +210,14 @@ def _bootstrap_means(c: PairedComparison, per_a: np.ndarray, per_b: np.ndarray, 
 def _bootstrap_aggregate(
     comparisons: list[PairedComparison],
     entries_a: list[Entry],
+    entries_b: list[Entry],
     rows_a: list[list[dict]],
     rows_b: list[list[dict]],
     rng: Any,
     n_bootstrap: int,
 ) -> None:
     """Resample images; each seed's metrics recomputed by the runner's aggregate; groups compared by their seed means."""
-    from sparc_eval.results.regress import _recorded_params
+    from sparc_eval.results.regress import _recorded_params, recompute
     from sparc_eval.tasks.runner import get_runner
 
     runner = get_runner(str(entries_a[0].record.task["runner"]))
@@ -226,7 +227,10 @@ def _bootstrap_aggregate(
     try:
         for _ in range(n_bootstrap):
             idx = rng.integers(0, n, size=n)
-            sides = [[runner.aggregate([rows[i] for i in idx], params) for rows in side] for side in (rows_a, rows_b)]
+            sides = [
+                [recompute(runner, [rows[i] for i in idx], params, entry) for rows, entry in zip(side, entries)]
+                for side, entries in ((rows_a, entries_a), (rows_b, entries_b))
+            ]
             for metric, values in deltas.items():
                 means = []
                 for side in sides:
