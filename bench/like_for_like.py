@@ -12,7 +12,8 @@ Stages, each reusing what an earlier run left (checkpoints by recipe hash, recor
   bidir     tiny-sparc with a bidirectional text tower (text_attention: bidirectional) on --seeds, scored on
             synth-grounding (the position shortcut: fine loss on matched vs mismatched pairs), synth-cls and
             synth-retrieval, into OUT/results-bidirectional; the causal tiny-sparc of the same seeds beside it
-  publish   the seed-aggregated table as page, Markdown and CSV, plus the per-seed CSV, into --publish-dir
+  publish   the seed-aggregated table as page, Markdown and CSV, the per-seed CSV, and paired-tests.md (each
+            objective against CLIP over the same test images), into --publish-dir
 
 Training cost per recipe is read from each checkpoint's config.json (train_seconds) and printed with the table.
 
@@ -118,28 +119,6 @@ def train_seconds(folders: dict[str, Path]) -> dict[str, list[float]]:
 PAIRED_TASKS = ("synth-cls", "synth-retrieval", "synth-seg", "synth-kprecision", "synth-grounding")
 
 
-def paired_tests(results: Path, publish_dir: Path) -> None:
-    """Every objective against CLIP, task by task over the same test images (results.seeds.paired_test)."""
-    from sparc_eval.results.collect import collect
-    from sparc_eval.results.seeds import find_group, group_entries, paired_markdown, paired_test
-
-    groups = group_entries(collect(results)[0])
-    sections = [
-        "# Paired tests: each objective against CLIP over the same test images",
-        "",
-        "Per test image, each recipe's outcome is averaged over its seeds; a paired bootstrap over images (1,000",
-        "resamples; 200 where the metric is recomputed by the task's aggregate) gives the 95 % interval of the",
-        "difference of the seed means and a two-sided p. synth-det is not tested (one COCOeval per resample and seed).",
-        "",
-    ]
-    clip = find_group(groups, "tiny-clip")
-    for name in CARDS[1:]:
-        comparisons = paired_test(clip, find_group(groups, name), n_bootstrap=1000, n_bootstrap_aggregate=200, tasks=PAIRED_TASKS)
-        sections += [f"## {name} vs tiny-clip", "", paired_markdown(comparisons, "tiny-clip", name)]
-        print(f"paired tests {name} vs tiny-clip done", flush=True)
-    (publish_dir / "paired-tests.md").write_text("\n".join(sections), encoding="utf-8")
-
-
 # The README's compact table: one or two headline metrics per task (the page has them all).
 HEADLINE = (
     ("synth-cls", "top1", "cls top-1"),
@@ -169,17 +148,18 @@ def headline_markdown(results: Path) -> str:
 
 
 def publish(results: Path, publish_dir: Path, folders: dict[str, Path]) -> None:
-    from sparc_eval.results.leaderboard import build_leaderboard
+    from sparc_eval.results.leaderboard import PairedSpec, build_leaderboard
     from sparc_eval.results.table import build_table, render_csv
 
     title = "Like-for-like comparison on SynthScenes: six objectives, same towers, data and budget"
-    for path in build_leaderboard(results, publish_dir, title=title, per_seed=False).values():
+    # Every objective against CLIP; 200 resamples where the aggregate is recomputed per resample (mIoU, K-P).
+    paired = PairedSpec("tiny-clip", tasks=PAIRED_TASKS, n_bootstrap=1000, n_bootstrap_aggregate=200)
+    for path in build_leaderboard(results, publish_dir, title=title, per_seed=False, paired=paired).values():
         print(f"wrote {path}", flush=True)
     per_seed = publish_dir / "leaderboard-per-seed.csv"
     per_seed.write_text(render_csv(build_table(results, layout="paper", per_seed=True)), encoding="utf-8")
     print(f"wrote {per_seed}", flush=True)
     print(headline_markdown(results), flush=True)
-    paired_tests(results, publish_dir)
     for name, values in train_seconds(folders).items():
         print(f"{name}: training {sum(values) / len(values):.0f}s per seed (n={len(values)}, loaded machine)", flush=True)
 

@@ -224,3 +224,41 @@ def test_table_cli_paired_on_samples_without_the_runners_fields_is_one_line(resu
     bad = run_cli("table", results, "--paired", "tiny-clip", "tiny-sparc", "--bootstrap", 10)
     assert_one_line_error(bad, "do not hold what runner 'classification' recomputes its metrics from (KeyError: 'top1')")
     assert bad.stdout == ""
+
+
+def test_leaderboard_build_writes_paired_tests_against_one_recipe(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "board"
+    n = 40
+
+    def classified(right):
+        return [{"id": i, "label": i % 2, "top1": int(right(i)), "top5": 1} for i in range(n)]
+
+    for seed in (0, 1):
+        clip = classified(lambda i, s=seed: (i + s) % 4 == 0)  # 25 % right on each seed
+        sparc = classified(lambda i, s=seed: (i + s) % 4 != 0)  # 75 %
+        _write(results, "tiny-clip", seed, RECIPE, "synth-cls", {"top1": 0.25, "top5": 1.0}, samples=clip)
+        sparc_recipe = {**RECIPE, "objective": {"name": "sparc"}}
+        _write(results, "tiny-sparc", seed, sparc_recipe, "synth-cls", {"top1": 0.75, "top5": 1.0}, samples=sparc)
+    shown = run_cli("leaderboard", "build", results, "--out", out, "--paired-against", "tiny-clip", "--bootstrap", 200)
+    assert shown.code == 0, shown.stderr
+    paired = (out / "paired-tests.md").read_text()
+    assert "## tiny-sparc (2 seeds) vs tiny-clip (2 seeds)" in paired
+    (top1,) = [line for line in paired.splitlines() if line.startswith("| synth-cls | top1 ↑ |")]
+    cells = [c.strip() for c in top1.strip("|").split("|")]
+    assert cells[2:5] == ["0.25 (n=2)", "0.75 (n=2)", "+0.5"] and cells[6] == "bootstrap" and float(cells[7]) < 0.02
+    assert 'href="paired-tests.md"' in (out / "index.html").read_text()
+    assert "(paired-tests.md)" in (out / "leaderboard.md").read_text()
+    # Per-seed rows on the page; the tests still compare recipes.
+    per_seed = run_cli(
+        "leaderboard", "build", results, "--out", tmp_path / "per-seed", "--per-seed", "--paired-against", "tiny-clip"
+    )
+    assert per_seed.code == 0 and "vs tiny-clip (2 seeds)" in (tmp_path / "per-seed" / "paired-tests.md").read_text()
+    # Bad input: one line, nothing written.
+    for args, needle in (
+        (("--paired-against", "nope"), "no row 'nope' in the results"),
+        (("--paired-against", "tiny-clip", "--paired-task", "synth-clss"), "paired task 'synth-clss' has no records here"),
+        (("--paired-task", "synth-cls"), "--paired-task and --bootstrap-aggregate need --paired-against ROW"),
+    ):
+        bad = run_cli("leaderboard", "build", results, "--out", tmp_path / "bad", *args)
+        assert_one_line_error(bad, needle)
+        assert not (tmp_path / "bad").exists()

@@ -111,16 +111,40 @@ def leaderboard_build(
     per_seed: bool = typer.Option(
         False, "--per-seed", help="One row per checkpoint, instead of one per recipe over its training seeds (mean ± sd)."
     ),
+    paired_against: str | None = typer.Option(
+        None,
+        "--paired-against",
+        metavar="ROW",
+        help="Also write paired-tests.md: every other recipe against ROW (a row label or checkpoint name), task by task over the same test images.",
+    ),
+    paired_tasks: list[str] = typer.Option(
+        [], "--paired-task", metavar="TASK", help="Only these tasks in the paired tests (repeatable; default: every task)."
+    ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Paired bootstrap resamples."),
+    bootstrap_aggregate: int | None = typer.Option(
+        None,
+        "--bootstrap-aggregate",
+        help="Resamples for metrics the task's aggregate recomputes on each resample (slower; default: --bootstrap).",
+    ),
 ) -> None:
     """Write the leaderboard as Markdown, CSV and a self-contained, sortable HTML page with one chart per task family.
 
     Example: sparc-eval leaderboard build results --out leaderboard/
+
+    Example: sparc-eval leaderboard build runs/like-for-like/results --out lfl/ --paired-against tiny-clip --paired-task synth-cls
     """
     from sparc_eval.cli import checks
-    from sparc_eval.results.leaderboard import build_leaderboard
+    from sparc_eval.results.leaderboard import PairedSpec, build_leaderboard
 
     checks.existing_folder("results folder", results_dir)
     checks.output_folder("--out", out, free_mib=4)
+    checks.between("--bootstrap", bootstrap, 1, 1_000_000)
+    checks.between("--bootstrap-aggregate", bootstrap_aggregate, 1, 1_000_000)
+    if paired_against is None and (paired_tasks or bootstrap_aggregate is not None):
+        raise SparcEvalError("--paired-task and --bootstrap-aggregate need --paired-against ROW")
+    paired = None
+    if paired_against is not None:
+        paired = PairedSpec(paired_against, tuple(paired_tasks) or None, bootstrap, bootstrap_aggregate)
 
-    for path in build_leaderboard(results_dir, out, title=title, per_seed=per_seed).values():
+    for path in build_leaderboard(results_dir, out, title=title, per_seed=per_seed, paired=paired).values():
         console.print(f"wrote {path}", highlight=False)

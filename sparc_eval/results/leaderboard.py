@@ -9,12 +9,16 @@ depends only on the records, so rebuilding from the same records gives the same 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import write_files_atomic
+from sparc_eval.progress import track
 from sparc_eval.results.collect import family_rank
 from sparc_eval.results.record import direction_arrow
+from sparc_eval.results.seeds import SeedGroup, find_group, paired_markdown, paired_test
 from sparc_eval.results.table import (
     Column,
     ResultsTable,
@@ -26,25 +30,77 @@ from sparc_eval.results.table import (
 )
 
 TEMPLATE = Path(__file__).with_name("templates") / "leaderboard.html"
-OUTPUT_FILES = ("leaderboard.md", "leaderboard.csv", "index.html")
+PAIRED_FILE = "paired-tests.md"  # written too when paired tests are asked for
 # Tableau-10: distinguishable bar colours, one per checkpoint row, the same in every chart.
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 
 
 def build_leaderboard(
-    results_dir: str | Path, out_dir: str | Path, title: str = "sparc-eval leaderboard", per_seed: bool = False
+    results_dir: str | Path,
+    out_dir: str | Path,
+    title: str = "sparc-eval leaderboard",
+    per_seed: bool = False,
+    paired: PairedSpec | None = None,
 ) -> dict[str, Path]:
-    """Write leaderboard.md, leaderboard.csv and index.html (paper column order) into `out_dir`, all three or none
-    (fileio.write_files_atomic: every file is written to a temporary first, then each is renamed); returns the paths.
-    Checkpoints that differ only by training seed share a row (mean ± sd over seeds) unless `per_seed`."""
+    """Write leaderboard.md, leaderboard.csv and index.html (paper column order) into `out_dir`, and with `paired`
+    also paired-tests.md (every other recipe against one), all or none (fileio.write_files_atomic: every file is
+    written to a temporary first, then each is renamed); returns the paths. Checkpoints that differ only by training
+    seed share a row (mean ± sd over seeds) unless `per_seed`."""
     table = build_table(results_dir, layout="paper", per_seed=per_seed)
-    out_dir = Path(out_dir)
+    texts = {}
+    if paired is not None:
+        # Tests compare recipes (seed groups), whichever rows the page shows.
+        groups = table.groups if table.groups else build_table(results_dir, layout="paper").groups
+        texts[PAIRED_FILE] = render_paired_markdown(groups, paired, title)
     texts = {
-        "leaderboard.md": render_leaderboard_markdown(table, title),
+        "leaderboard.md": render_leaderboard_markdown(table, title, paired_file=PAIRED_FILE in texts),
         "leaderboard.csv": render_csv(table),
-        "index.html": render_html(table, title),
+        "index.html": render_html(table, title, paired_file=PAIRED_FILE in texts),
+        **texts,
     }
-    return write_files_atomic(out_dir, texts)
+    return write_files_atomic(Path(out_dir), texts)
+
+
+# ---------------------------------------------------------------------------------------- paired tests
+
+
+@dataclass(frozen=True)
+class PairedSpec:
+    """Every other recipe tested against the row `against` (a row label or checkpoint name) over the same test
+    images: `tasks` only when given; bootstrap resamples for per-image outcomes and, where the runner's aggregate
+    recomputes the metric on each resample (slower), `n_bootstrap_aggregate` (default: the same)."""
+
+    against: str
+    tasks: tuple[str, ...] | None = None
+    n_bootstrap: int = 1000
+    n_bootstrap_aggregate: int | None = None
+
+
+def render_paired_markdown(groups: dict[str, SeedGroup], spec: PairedSpec, title: str) -> str:
+    reference = find_group(groups, spec.against)
+    scored = {e.task for g in groups.values() for e in g.entries}
+    unknown = [t for t in spec.tasks or () if t not in scored]
+    if unknown:
+        raise SparcEvalError(f"paired task {unknown[0]!r} has no records here; tasks: {', '.join(sorted(scored))}")
+    ref_label = next(label for label, g in groups.items() if g is reference)
+    aggregate = spec.n_bootstrap_aggregate or spec.n_bootstrap
+    tasks = "every task both were scored on" if spec.tasks is None else ", ".join(spec.tasks)
+    lines = [
+        f"# {title}: paired tests against {ref_label}",
+        "",
+        f"Tasks: {tasks}. Per test image, each recipe's outcome is averaged over its seeds; a paired bootstrap over",
+        f"images ({spec.n_bootstrap:,} resamples; {aggregate:,} where the metric is recomputed by the task's aggregate)",
+        "gives the 95 % interval of the difference of the seed means and a two-sided p (exact McNemar where both",
+        "rows are one seed with 0/1 outcomes). The spread between seeds is not part of the test.",
+    ]
+    others = [(label, g) for label, g in groups.items() if g is not reference]
+    for label, group in track(others, f"paired tests against {ref_label}"):
+        comparisons = paired_test(
+            reference, group, n_bootstrap=spec.n_bootstrap, n_bootstrap_aggregate=aggregate, tasks=spec.tasks
+        )
+        body = paired_markdown(comparisons, ref_label, label) if comparisons else "No task in common.\n"
+        lines += ["", f"## {label} vs {ref_label}", "", body.rstrip("\n")]
+    return "\n".join(lines) + "\n"
 
 
 def _summary(table: ResultsTable) -> str:
@@ -63,8 +119,11 @@ def _summary(table: ResultsTable) -> str:
 # ---------------------------------------------------------------------------------------- Markdown
 
 
-def render_leaderboard_markdown(table: ResultsTable, title: str) -> str:
-    lines = [f"# {title}", "", _summary(table), "", render_markdown(table).rstrip("\n"), "", "## Provenance", ""]
+def render_leaderboard_markdown(table: ResultsTable, title: str, paired_file: bool = False) -> str:
+    lines = [f"# {title}", "", _summary(table)]
+    if paired_file:
+        lines += ["", f"Paired tests between recipes over the same test images: [{PAIRED_FILE}]({PAIRED_FILE})."]
+    lines += ["", render_markdown(table).rstrip("\n"), "", "## Provenance", ""]
     lines += ["| checkpoint | sha256 | evaluated | task cards (version, card sha256) |", "|:---|:---|:---|:---|"]
     for label, entries in table.rows.items():
         p = row_provenance(entries)
@@ -77,10 +136,11 @@ def render_leaderboard_markdown(table: ResultsTable, title: str) -> str:
 # ---------------------------------------------------------------------------------------- HTML
 
 
-def render_html(table: ResultsTable, title: str) -> str:
+def render_html(table: ResultsTable, title: str, paired_file: bool = False) -> str:
+    link = f' Paired tests between recipes over the same test images: <a href="{PAIRED_FILE}">{PAIRED_FILE}</a>.'
     return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=html.escape(title),
-        summary=html.escape(_summary(table)),
+        summary=html.escape(_summary(table)) + (link if paired_file else ""),
         table=_html_table(table),
         charts="\n".join(_family_chart(table, family) for family in sorted({c.family for c in table.columns}, key=family_rank)),
     )
