@@ -384,6 +384,13 @@ def test_fine_parts_are_the_reference_losses():
         ("mgca", {"proto_temperature": float("nan")}, "proto_temperature must be a finite positive number, got nan"),
         ("filip", {"lambda_f": float("inf")}, "lambda_f must be a finite number at least 0, got inf"),
         ("sparc", {"lambda_f": float("nan")}, "lambda_f must be a finite number at least 0, got nan"),
+        ("gloria", {"tau1": True}, "tau1 must be a number, got True"),
+        ("gloria", {"tau3": "10"}, "tau3 must be a number, got '10'"),
+        ("mgca", {"n_prototypes": 2.5}, "n_prototypes must be a whole number, got 2.5"),
+        ("mgca", {"n_prototypes": 10**6}, "n_prototypes must be at most 65536, got 1000000"),
+        ("mgca", {"sinkhorn_iterations": 10**5}, "sinkhorn_iterations must be at most 1000, got 100000"),
+        ("sparc", {"sparsity": 1}, "sparsity must be true or false, got 1"),
+        ("sparc", {"fine_tokens": 3}, "fine_tokens must be text, got 3"),
     ],
 )
 def test_bad_option_values_name_the_option(name, options, needle):

@@ -229,6 +229,11 @@ def test_resume_with_other_settings(synth_root, interrupted, capsys):
         (["--steps", "0"], "--steps must be at least 1"),
         (["--objective", "gloria", "--option", "tau2=inf"], "--option tau2 must be a finite positive number, got inf"),
         (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--objective", "gloria", "--option", "tau1=abc"], "--option tau1 must be a number, got 'abc'"),
+        (
+            ["--objective", "mgca", "--option", "n_prototypes=1e9"],
+            "--option n_prototypes must be a whole number, got 1000000000.0",
+        ),
         (["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
         (["--softmax-weights", "--device", "tpu"], "unknown device 'tpu'"),
     ],

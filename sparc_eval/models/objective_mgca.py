@@ -35,7 +35,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparc_eval.errors import SparcEvalError
-from sparc_eval.models.objectives import check_non_negative, check_positive, global_contrastive_loss, real_length
+from sparc_eval.models.objectives import (
+    OptionError,
+    check_non_negative,
+    check_positive,
+    global_contrastive_loss,
+    real_length,
+)
+
+MAX_PROTOTYPES = 65_536
+MAX_SINKHORN_ITERATIONS = 1_000
 
 
 def _world() -> int:
@@ -140,6 +149,11 @@ class MgcaObjective(nn.Module):
             sinkhorn_epsilon=sinkhorn_epsilon,
             sinkhorn_iterations=sinkhorn_iterations,
         )
+        # The paper uses 500 prototypes and 3 iterations; past these bounds a typo would exhaust memory or time.
+        if n_prototypes > MAX_PROTOTYPES:
+            raise OptionError("n_prototypes", f"must be at most {MAX_PROTOTYPES}", n_prototypes)
+        if sinkhorn_iterations > MAX_SINKHORN_ITERATIONS:
+            raise OptionError("sinkhorn_iterations", f"must be at most {MAX_SINKHORN_ITERATIONS}", sinkhorn_iterations)
         self.lambda_g, self.lambda_f, self.lambda_proto = float(lambda_g), float(lambda_f), float(lambda_proto)
         self.local_temperature, self.proto_temperature = float(local_temperature), float(proto_temperature)
         self.n_prototypes, self.sinkhorn_iterations = int(n_prototypes), int(sinkhorn_iterations)

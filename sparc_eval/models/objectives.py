@@ -328,4 +328,27 @@ def build_objective(name: str, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise SparcEvalError(f"objective {name!r} has no option {unknown[0]!r}; its options: {', '.join(allowed) or 'none'}")
+    check_option_types(OBJECTIVES.get(name), kwargs)
     return OBJECTIVES.get(name)(**kwargs)
+
+
+# What a value of each annotated option type may be: a bool is no number, nor a number a whole one.
+OPTION_TYPES = {
+    float: ((int, float), "a number"),
+    int: ((int,), "a whole number"),
+    bool: ((bool,), "true or false"),
+    str: ((str,), "text"),
+}
+
+
+def check_option_types(cls: type, options: Mapping[str, Any]) -> None:
+    """Each option's value against the constructor's annotation (float, int, bool, str; others are not checked),
+    so that `--option tau1=abc` or `tau1: true` is an OptionError, not a TypeError deep in the loss."""
+    try:
+        parameters = inspect.signature(cls, eval_str=True).parameters
+    except (NameError, SyntaxError, TypeError):  # a plugin's annotation that does not evaluate here: left unchecked
+        return
+    for name, value in options.items():
+        kinds, wanted = OPTION_TYPES.get(parameters[name].annotation, ((object,), ""))
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise OptionError(name, f"must be {wanted}", value)
