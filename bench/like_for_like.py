@@ -15,7 +15,7 @@ Stages, each reusing what an earlier run left (checkpoints by recipe hash, recor
   publish   the seed-aggregated table as page, Markdown and CSV, the per-seed CSV, and paired-tests.md (each
             objective against CLIP over the same test images), into --publish-dir
 
-Training cost per recipe is read from each checkpoint's config.json (train_seconds) and printed with the table.
+Training cost per recipe is read from each checkpoint's config.json (train_seconds, threads) and printed with the table.
 
 Example: nice -n 10 python bench/like_for_like.py --seeds 0 1 --out runs/like-for-like --publish-dir leaderboard/like-for-like
 """
@@ -107,12 +107,15 @@ def bidirectional_text(folders: dict[str, Path], seeds: list[int], out: Path, ro
                 print(f"tiny-sparc {attention} seed {seed} {task}: {shown}", flush=True)
 
 
-def train_seconds(folders: dict[str, Path]) -> dict[str, list[float]]:
-    seconds: dict[str, list[float]] = {}
-    for key, folder in folders.items():
+def training_costs(folders: dict[str, Path]) -> dict[str, list[str]]:
+    """Per recipe, each seed's training time with the intra-op threads it ran on (both from its config.json)."""
+    costs: dict[str, list[str]] = {}
+    for key, folder in sorted(folders.items()):
         config = json.loads((folder / "config.json").read_text())
-        seconds.setdefault(key.split("/")[0], []).append(float(config["training"]["train_seconds"]))
-    return seconds
+        threads = config["provenance"]["numerics"]["intra_op_threads"]
+        name, seed = key.split("/")
+        costs.setdefault(name, []).append(f"seed {seed} {config['training']['train_seconds']:.0f}s on {threads} thread(s)")
+    return costs
 
 
 # synth-det is left out of the paired tests: its AP needs a COCOeval run per resample and seed (hours on 2 cores).
@@ -160,8 +163,8 @@ def publish(results: Path, publish_dir: Path, folders: dict[str, Path]) -> None:
     per_seed.write_text(render_csv(build_table(results, layout="paper", per_seed=True)), encoding="utf-8")
     print(f"wrote {per_seed}", flush=True)
     print(headline_markdown(results), flush=True)
-    for name, values in train_seconds(folders).items():
-        print(f"{name}: training {sum(values) / len(values):.0f}s per seed (n={len(values)}, loaded machine)", flush=True)
+    for name, costs in training_costs(folders).items():
+        print(f"{name}: training {', '.join(costs)} (a shared machine: compare within one run)", flush=True)
 
 
 def main() -> None:

@@ -243,6 +243,7 @@ def test_leaderboard_build_writes_paired_tests_against_one_recipe(tmp_path):
     assert shown.code == 0, shown.stderr
     paired = (out / "paired-tests.md").read_text()
     assert "## tiny-sparc (2 seeds) vs tiny-clip (2 seeds)" in paired
+    assert "| task | metric | tiny-clip | tiny-sparc | Δ (tiny-sparc − tiny-clip) |" in paired
     (top1,) = [line for line in paired.splitlines() if line.startswith("| synth-cls | top1 ↑ |")]
     cells = [c.strip() for c in top1.strip("|").split("|")]
     assert cells[2:5] == ["0.25 (n=2)", "0.75 (n=2)", "+0.5"] and cells[6] == "bootstrap" and float(cells[7]) < 0.02

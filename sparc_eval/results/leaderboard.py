@@ -88,17 +88,21 @@ def render_paired_markdown(groups: dict[str, SeedGroup], spec: PairedSpec, title
     lines = [
         f"# {title}: paired tests against {ref_label}",
         "",
-        f"Tasks: {tasks}. Per test image, each recipe's outcome is averaged over its seeds; a paired bootstrap over",
-        f"images ({spec.n_bootstrap:,} resamples; {aggregate:,} where the metric is recomputed by the task's aggregate)",
-        "gives the 95 % interval of the difference of the seed means and a two-sided p (exact McNemar where both",
-        "rows are one seed with 0/1 outcomes). The spread between seeds is not part of the test.",
+        f"Tasks: {tasks}.",
+        "",
+        "Per test image, each recipe's outcome is averaged over its seeds; a paired bootstrap over images",
+        f"({spec.n_bootstrap:,} resamples; {aggregate:,} where the task's aggregate recomputes the metric) gives the",
+        "95 % interval of the difference of the seed means and a two-sided p (exact McNemar where both rows are one",
+        "seed with 0/1 outcomes). The spread between seeds is not part of the test.",
     ]
     others = [(label, g) for label, g in groups.items() if g is not reference]
     for label, group in track(others, f"paired tests against {ref_label}"):
         comparisons = paired_test(
             reference, group, n_bootstrap=spec.n_bootstrap, n_bootstrap_aggregate=aggregate, tasks=spec.tasks
         )
-        body = paired_markdown(comparisons, ref_label, label) if comparisons else "No task in common.\n"
+        # Column heads by checkpoint name; by whole row label where the two rows share a name.
+        heads = (reference.name, group.name) if reference.name != group.name else (ref_label, label)
+        body = paired_markdown(comparisons, *heads) if comparisons else "No task in common.\n"
         lines += ["", f"## {label} vs {ref_label}", "", body.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
