@@ -15,6 +15,7 @@ from conftest import assert_one_line_error, run_cli
 from record_factory import fake_sha, write_run
 from scipy.stats import binomtest
 
+from sparc_eval.errors import SparcEvalError
 from sparc_eval.results.collect import collect
 from sparc_eval.results.leaderboard import build_leaderboard
 from sparc_eval.results.seeds import find_group, group_entries, paired_test
@@ -263,3 +264,33 @@ def test_leaderboard_build_writes_paired_tests_against_one_recipe(tmp_path):
         bad = run_cli("leaderboard", "build", results, "--out", tmp_path / "bad", *args)
         assert_one_line_error(bad, needle)
         assert not (tmp_path / "bad").exists()
+
+
+def test_seeds_scored_with_different_task_cards_do_not_average(tmp_path):
+    # Seed 1 was scored after the card changed (other prompts, say): a mean over the two would mix two tasks.
+    results = tmp_path / "results"
+    _write(results, "tiny-clip", 0, RECIPE, "synth-cls", {"top1": 0.1, "top5": 0.5})
+    stale = _write(results, "tiny-clip", 1, RECIPE, "synth-cls", {"top1": 0.2, "top5": 0.6})
+    raw = json.loads(stale.read_text())
+    raw["task"]["card_sha256"] = "e" * 64
+    stale.write_text(json.dumps(raw))
+    for command in (("table", results), ("leaderboard", "build", results, "--out", tmp_path / "board")):
+        bad = run_cli(*command)
+        assert_one_line_error(bad, "tiny-clip (2 seeds) on synth-cls: its seeds were scored with different task cards")
+        assert f"card {'e' * 12} for seed 1" in bad.stderr and bad.stdout == ""
+    assert not (tmp_path / "board").exists()
+    per_seed = run_cli("table", results, "--per-seed", "--format", "csv")
+    assert per_seed.code == 0 and per_seed.stdout.count("tiny-clip (") == 2, per_seed.stderr
+
+
+def test_paired_test_refuses_rows_scored_with_different_task_cards(tmp_path):
+    results = tmp_path / "results"
+    bits = [1, 0, 1, 0]
+    _write(results, "A", 0, RECIPE, "synth-cls", {"top1": 0.5}, samples=_outcomes(bits))
+    other = _write(results, "B", 0, {**RECIPE, "lr": 1.0}, "synth-cls", {"top1": 0.5}, samples=_outcomes(bits))
+    raw = json.loads(other.read_text())
+    raw["task"]["card_sha256"] = "e" * 64
+    other.write_text(json.dumps(raw))
+    groups = group_entries(collect(results)[0])
+    with pytest.raises(SparcEvalError, match="A vs B on synth-cls: scored with different task cards"):
+        paired_test(find_group(groups, "A"), find_group(groups, "B"), n_bootstrap=10)

@@ -92,7 +92,26 @@ def group_entries(entries: Iterable[Entry]) -> dict[str, SeedGroup]:
         groups.setdefault(key, SeedGroup(e.name, recipe, e.record.limit)).entries.append(e)
     names = [g.name for g in groups.values() if g.recipe is not None]
     shared = {n for n in names if names.count(n) > 1}
-    return {g.label(with_recipe=g.name in shared): g for g in groups.values()}
+    labelled = {g.label(with_recipe=g.name in shared): g for g in groups.values()}
+    for label, group in labelled.items():
+        _check_one_card_per_task(label, group)
+    return labelled
+
+
+def card_of(entry: Entry) -> str:
+    return str(entry.record.task.get("card_sha256") or "")
+
+
+def _check_one_card_per_task(label: str, group: SeedGroup) -> None:
+    """A mean over seeds is only a mean of one task: every seed's record of a task must come from the same card."""
+    for task in dict.fromkeys(e.task for e in group.entries):
+        by_card = {card_of(e): e for e in group.by_task(task)}
+        if len(by_card) > 1:
+            shown = ", ".join(f"card {card[:12]} for seed {seed_of(e)}" for card, e in by_card.items())
+            raise SparcEvalError(
+                f"{label} on {task}: its seeds were scored with different task cards ({shown}); re-score them with one "
+                "card, or show them apart with --per-seed"
+            )
 
 
 def mean_spread(values: list[float]) -> tuple[float, float | None]:
@@ -147,6 +166,11 @@ def paired_test(
     for task in tasks:
         ea, eb = a.by_task(task), b.by_task(task)
         reference = ea[0]
+        if card_of(ea[0]) != card_of(eb[0]):
+            raise SparcEvalError(
+                f"{a.name} vs {b.name} on {task}: scored with different task cards ({card_of(ea[0])[:12]} and "
+                f"{card_of(eb[0])[:12]}); a paired test needs both on the same card"
+            )
         # Every seed of both groups paired to the first one's sample order: the same test images throughout.
         rows_a, rows_b = [], []
         for entry in ea + eb:
