@@ -379,7 +379,14 @@ def _(w):
 
 # --------------------------------------------------------------------------------------------- run
 
-for flag, value in (("--num-workers", "-2"), ("--seed", "-1"), ("--limit", "0"), ("--batch-size", "0"), ("--precision", "fp16")):
+for flag, value in (
+    ("--num-workers", "-2"),
+    ("--num-workers", "100000"),
+    ("--seed", "-1"),
+    ("--limit", "0"),
+    ("--batch-size", "0"),
+    ("--precision", "fp16"),
+):
     case(f"run {flag} {value}")(lambda w, f=flag, v=value: (run_args(w, f, v), (f, v)))
 
 

@@ -4,6 +4,7 @@ count, resume point and rank slicing change nothing but the speed."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -85,7 +86,11 @@ def _cli(capsys, *args) -> tuple[int, str]:
 def test_workers_option_is_checked_and_its_default_recorded(synth_root, tmp_path, capsys, monkeypatch):
     common = ["train", "--data", synth_root, "--arch", "micro", "--steps", 1, "--batch-size", 8]
     code, err = _cli(capsys, *common, "--workers", -1, "--out", tmp_path / "bad")
-    assert code == 2 and "--workers must be at least 0, got -1" in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and "--workers must be between 0 and" in err and "got -1" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()
+    # Thousands of worker processes is a typo, refused before any fork.
+    code, err = _cli(capsys, *common, "--workers", 100_000, "--out", tmp_path / "bad")
+    assert code == 2 and f"--workers must be between 0 and {4 * (os.cpu_count() or 1)}, got 100000" in err, err
     assert not (tmp_path / "bad").exists()
     monkeypatch.setenv("SPARC_EVAL_NUM_WORKERS", "1")  # the default: half the CPUs unless the environment says
     code, err = _cli(capsys, *common, "--out", tmp_path / "run")

@@ -193,3 +193,22 @@ def test_rank_zero_evaluates_while_the_others_wait(synth_root, synth_data_dir, t
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
     records = _records(tmp_path / "ddp.logs" / "eval")
     assert len(records) == 2 and all(r["world_size"] == 1 and r["n_samples"] == 16 for r in records)
+
+
+def test_a_wandb_run_that_cannot_start_is_one_line_and_leaves_nothing(synth_root, tmp_path, capsys, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+
+    def no_key(**_):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    out = tmp_path / "run"
+    args = ["train", "--data", synth_root, "--out", out, "--arch", "micro", "--steps", 2, "--batch-size", 8]
+    code, err = _cli(capsys, *args, "--report-to", "tensorboard", "--report-to", "wandb")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0] == (
+        "error: --report-to wandb could not start a run (No API key configured. Use `wandb login` to log in.); "
+        "run `wandb login`, or set WANDB_MODE=offline"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the checkpoint nor its log folder

@@ -24,6 +24,11 @@ def at_least(option: str, value: int | float | None, minimum: int | float) -> No
         raise SparcEvalError(f"{option} must be at least {minimum}, got {value}")
 
 
+def workers(option: str, value: int | None) -> None:
+    """DataLoader worker processes: 0 (the main process) up to four per CPU; past that a typo forks thousands."""
+    between(option, value, 0, 4 * (os.cpu_count() or 1))
+
+
 def between(option: str, value: int | float | None, low: int | float, high: int | float) -> None:
     if value is not None and not low <= value <= high:
         raise SparcEvalError(f"{option} must be between {low} and {high}, got {value}")

@@ -117,7 +117,7 @@ def run(
     checks.data_folder("--data-dir", data_dir)
     checks.at_least("--limit", limit, 1)
     checks.at_least("--batch-size", batch_size, 1)
-    checks.at_least("--num-workers", num_workers, 0)
+    checks.workers("--num-workers", num_workers)
     checks.seed("--seed", seed)
     checks.one_of("--precision", precision, ("fp32", "bf16"))
     for name in task:  # every card is read and validated before the first one runs

@@ -131,7 +131,7 @@ def train_cmd(
         require_webdataset("--data with webdataset shards")
     elif not data.exists():
         raise SparcEvalError(f"--data {data} does not exist")
-    checks.at_least("--workers", workers, 0)
+    checks.workers("--workers", workers)
     checks.at_least("--eval-every", eval_every, 0)
     checks.at_least("--eval-limit", eval_limit, 1)
     evaluate = _evaluation_during_training(eval_every, eval_task, out, log_dir, eval_data_dir, eval_limit, device, workers)

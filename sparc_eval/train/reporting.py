@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
+
+from sparc_eval.errors import SparcEvalError
 
 # {--report-to value: (import name, sparc-eval extra that installs it)}
 REPORTERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
@@ -41,14 +44,20 @@ class WandbReporter:
 
         (log_dir / "wandb").mkdir(parents=True, exist_ok=True)
         run_id = hashlib.sha256(str(Path(run_name).absolute()).encode()).hexdigest()[:16]
-        self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "sparc-eval"),
-            name=Path(run_name).name,
-            id=run_id,
-            resume="allow",
-            dir=str(log_dir),
-            config=config,
-        )
+        try:
+            self.run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "sparc-eval"),
+                name=Path(run_name).name,
+                id=run_id,
+                resume="allow",
+                dir=str(log_dir),
+                config=config,
+            )
+        except Exception as exc:  # wandb's own errors (no API key, no network) share no public base class
+            reason = " ".join(str(exc).split())
+            raise SparcEvalError(
+                f"--report-to wandb could not start a run ({reason}); run `wandb login`, or set WANDB_MODE=offline"
+            ) from None
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)
@@ -59,12 +68,20 @@ class WandbReporter:
 
 def make_reporters(kinds: tuple[str, ...], log_dir: Path, *, out: str, start_step: int, config: dict[str, Any]) -> list[Any]:
     reporters: list[Any] = []
-    for kind in dict.fromkeys(kinds):
-        log_dir.mkdir(parents=True, exist_ok=True)
-        if kind == "tensorboard":
-            reporters.append(TensorBoardReporter(log_dir, start_step))
-        elif kind == "wandb":
-            reporters.append(WandbReporter(log_dir, out, config))
+    created = not log_dir.exists()
+    try:
+        for kind in dict.fromkeys(kinds):
+            log_dir.mkdir(parents=True, exist_ok=True)
+            if kind == "tensorboard":
+                reporters.append(TensorBoardReporter(log_dir, start_step))
+            elif kind == "wandb":
+                reporters.append(WandbReporter(log_dir, out, config))
+    except SparcEvalError:
+        for reporter in reporters:
+            reporter.close()
+        if created:  # a run that never started leaves no log folder behind
+            shutil.rmtree(log_dir, ignore_errors=True)
+        raise
     return reporters
 
 
