@@ -294,3 +294,24 @@ def test_paired_test_refuses_rows_scored_with_different_task_cards(tmp_path):
     groups = group_entries(collect(results)[0])
     with pytest.raises(SparcEvalError, match="A vs B on synth-cls: scored with different task cards"):
         paired_test(find_group(groups, "A"), find_group(groups, "B"), n_bootstrap=10)
+
+
+@pytest.mark.parametrize(
+    "training,needle",
+    [
+        ({"seed": "one", "recipe": RECIPE}, "key 'checkpoint.training.seed' has value 'one'"),
+        ({"seed": -1, "recipe": RECIPE}, "key 'checkpoint.training.seed' has value -1"),
+        ({"seed": 0, "recipe": ["lr", 1]}, "key 'checkpoint.training.recipe'"),
+        ({"seed": 0}, "checkpoint.training.recipe"),
+    ],
+)
+def test_a_record_with_a_malformed_training_block_is_one_line(tmp_path, training, needle):
+    # The seed grouping sorts and hashes these fields: a hand-edited record was a TypeError traceback.
+    results = tmp_path / "results"
+    _write(results, "tiny-clip", 0, RECIPE, "synth-cls", {"top1": 0.1, "top5": 0.5})
+    bad = _write(results, "tiny-clip", 1, RECIPE, "synth-cls", {"top1": 0.2, "top5": 0.6})
+    raw = json.loads(bad.read_text())
+    raw["checkpoint"]["training"] = training
+    bad.write_text(json.dumps(raw))
+    result = run_cli("table", results)
+    assert_one_line_error(result, f"result record {bad}", needle)

@@ -81,7 +81,10 @@ class ResultRecord:
         _refuse_non_finite(raw.get("metrics"), source)
         schema = validate(RecordSchema, raw, source)
         values = {name: getattr(schema, name) for name in RecordSchema.model_fields}
-        dumped = {name: v.model_dump() if isinstance(v, StrictModel) else v for name, v in values.items()}
+        # Read back as written: optional keys the file lacks are not added as defaults.
+        dumped = {
+            name: v.model_dump(exclude_unset=True) if isinstance(v, StrictModel) else v for name, v in values.items()
+        }
         dumped["metrics"] = {k: MetricValue(m.value, m.higher_is_better) for k, m in schema.metrics.items()}
         return cls(**dumped)
 
@@ -122,9 +125,18 @@ class TaskRecordSchema(StrictModel):
     params: dict[str, Any]
 
 
+class TrainingRecordSchema(StrictModel):
+    """How a sparc-eval checkpoint was trained (models.checkpoint.training_recipe): its rows over seeds hang on it."""
+
+    seed: int | None = Field(ge=0, le=2**32 - 1)
+    recipe: dict[str, Any]
+
+
 class CheckpointRecordSchema(StrictModel, extra="allow"):
     ref: str
     sha256: Sha256
+    name: NonEmpty | None = None
+    training: TrainingRecordSchema | None = None
 
 
 class RecordSchema(StrictModel):
