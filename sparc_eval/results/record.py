@@ -82,9 +82,7 @@ class ResultRecord:
         schema = validate(RecordSchema, raw, source)
         values = {name: getattr(schema, name) for name in RecordSchema.model_fields}
         # Read back as written: optional keys the file lacks are not added as defaults.
-        dumped = {
-            name: v.model_dump(exclude_unset=True) if isinstance(v, StrictModel) else v for name, v in values.items()
-        }
+        dumped = {name: v.model_dump(exclude_unset=True) if isinstance(v, StrictModel) else v for name, v in values.items()}
         dumped["metrics"] = {k: MetricValue(m.value, m.higher_is_better) for k, m in schema.metrics.items()}
         return cls(**dumped)
 
