@@ -315,3 +315,22 @@ def test_a_record_with_a_malformed_training_block_is_one_line(tmp_path, training
     bad.write_text(json.dumps(raw))
     result = run_cli("table", results)
     assert_one_line_error(result, f"result record {bad}", needle)
+
+
+def test_table_paired_output_stays_machine_readable(tmp_path):
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        bits_a = [int((i + seed) % 4 == 0) for i in range(40)]  # 25 % right
+        bits_b = [int((i + seed) % 4 != 0) for i in range(40)]  # 75 %
+        _write(results, "A", seed, RECIPE, "synth-cls", {"top1": 0.25}, samples=_outcomes(bits_a))
+        _write(results, "B", seed, {**RECIPE, "lr": 1.0}, "synth-cls", {"top1": 0.75}, samples=_outcomes(bits_b))
+    shown = run_cli("table", results, "--format", "json", "--paired", "A", "B", "--bootstrap", 100)
+    assert shown.code == 0, shown.stderr
+    document = json.loads(shown.stdout)  # one JSON document, not JSON followed by Markdown
+    assert [row["checkpoint"] for row in document["rows"]] == ["A (2 seeds)", "B (2 seeds)"]
+    (top1,) = document["paired"]["comparisons"]
+    assert (top1["metric"], top1["mean_a"], top1["mean_b"], top1["test"]) == ("top1", 0.25, 0.75, "bootstrap")
+    assert top1["delta"] == pytest.approx(0.5) and top1["p_value"] < 0.05
+    bad = run_cli("table", results, "--format", "csv", "--paired", "A", "B")
+    assert_one_line_error(bad, "--paired adds a second table, which CSV cannot hold")
+    assert bad.stdout == ""

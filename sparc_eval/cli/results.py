@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -35,16 +36,18 @@ def table_cmd(
     Example: sparc-eval table runs/like-for-like/results --paired tiny-clip tiny-sparc
     """
     from sparc_eval.cli import checks
-    from sparc_eval.results.table import FORMATS, TEXT_RENDERERS, build_table, render_rich
+    from sparc_eval.results.table import FORMATS, TEXT_RENDERERS, build_table, render_rich, table_json
 
     checks.existing_folder("results folder", results_dir)
 
     if fmt not in FORMATS:
         raise SparcEvalError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
     checks.between("--bootstrap", bootstrap, 1, 1_000_000)
+    if paired and fmt == "csv":
+        raise SparcEvalError("--paired adds a second table, which CSV cannot hold: use --format rich, md or json")
     table = build_table(results_dir, layout=layout, per_seed=per_seed)
     if paired:
-        from sparc_eval.results.seeds import find_group, paired_markdown, paired_test
+        from sparc_eval.results.seeds import find_group, paired_json, paired_markdown, paired_test
 
         # The test runs before anything is printed: a bad name or unpairable records are one line, not a table and an error.
         groups = table.groups or build_table(results_dir, layout=layout).groups
@@ -52,6 +55,11 @@ def table_cmd(
         if a is b:
             raise SparcEvalError(f"--paired needs two different rows; {paired[0]!r} and {paired[1]!r} are the same row")
         comparisons = paired_test(a, b, n_bootstrap=bootstrap)
+    if fmt == "json" and paired:
+        # One JSON document for a program to read: the table and the test side by side.
+        both = {**table_json(table), "paired": {"a": paired[0], "b": paired[1], "comparisons": paired_json(comparisons)}}
+        sys.stdout.write(json.dumps(both, indent=2) + "\n")
+        return
     if fmt == "rich":
         console.print(render_rich(table, title=f"results in {results_dir}", width=console.width))
     else:

@@ -20,7 +20,7 @@ import json
 import math
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -284,6 +284,11 @@ def find_group(groups: dict[str, SeedGroup], ref: str) -> SeedGroup:
     if named:
         raise SparcEvalError(f"{len(named)} rows are named {ref!r}; give the whole row label: {known}")
     raise SparcEvalError(f"no row {ref!r} in the results; rows: {known}")
+
+
+def paired_json(comparisons: list[PairedComparison]) -> list[dict[str, Any]]:
+    """The comparisons as JSON-ready dicts (with delta = mean_b - mean_a)."""
+    return [{**asdict(c), "delta": c.delta} for c in comparisons]
 
 
 def paired_markdown(comparisons: list[PairedComparison], a: str, b: str) -> str:
