@@ -57,6 +57,9 @@ def is_name(value: str) -> bool:
 
 Split = Annotated[str, AfterValidator(_identifier(SPLIT_PATTERN, "split"))]
 NonEmpty = Annotated[str, Field(min_length=1)]
+# numpy's legacy seeding (np.random.seed) takes [0, 2**32): the seed range of every card, record and command.
+MAX_SEED = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class StrictModel(BaseModel):

@@ -12,9 +12,8 @@ import shutil
 from pathlib import Path
 
 from sparc_eval.errors import SparcEvalError
+from sparc_eval.schema import MAX_SEED
 
-# numpy's legacy seeding (np.random.seed) takes [0, 2**32): the seed range every command accepts.
-MAX_SEED = 2**32 - 1
 MIB = 1 << 20
 
 

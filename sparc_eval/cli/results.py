@@ -50,8 +50,7 @@ def table_cmd(
         from sparc_eval.results.seeds import find_group, paired_json, paired_markdown, paired_test
 
         # The test runs before anything is printed: a bad name or unpairable records are one line, not a table and an error.
-        groups = table.groups or build_table(results_dir, layout=layout).groups
-        a, b = (find_group(groups, ref) for ref in paired)
+        a, b = (find_group(table.recipes(), ref) for ref in paired)
         if a is b:
             raise SparcEvalError(f"--paired needs two different rows; {paired[0]!r} and {paired[1]!r} are the same row")
         comparisons = paired_test(a, b, n_bootstrap=bootstrap)

@@ -328,8 +328,9 @@ def build_objective(name: str, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise SparcEvalError(f"objective {name!r} has no option {unknown[0]!r}; its options: {', '.join(allowed) or 'none'}")
-    check_option_types(OBJECTIVES.get(name), kwargs)
-    return OBJECTIVES.get(name)(**kwargs)
+    cls = OBJECTIVES.get(name)
+    check_option_types(cls, kwargs)
+    return cls(**kwargs)
 
 
 # What a value of each annotated option type may be: a bool is no number, nor a number a whole one.

@@ -47,17 +47,14 @@ def build_leaderboard(
     written to a temporary first, then each is renamed); returns the paths. Checkpoints that differ only by training
     seed share a row (mean ± sd over seeds) unless `per_seed`."""
     table = build_table(results_dir, layout="paper", per_seed=per_seed)
-    texts = {}
-    if paired is not None:
-        # Tests compare recipes (seed groups), whichever rows the page shows.
-        groups = table.groups if table.groups else build_table(results_dir, layout="paper").groups
-        texts[PAIRED_FILE] = render_paired_markdown(groups, paired, title)
+    linked = paired is not None
     texts = {
-        "leaderboard.md": render_leaderboard_markdown(table, title, paired_file=PAIRED_FILE in texts),
+        "leaderboard.md": render_leaderboard_markdown(table, title, paired_file=linked),
         "leaderboard.csv": render_csv(table),
-        "index.html": render_html(table, title, paired_file=PAIRED_FILE in texts),
-        **texts,
+        "index.html": render_html(table, title, paired_file=linked),
     }
+    if paired is not None:
+        texts[PAIRED_FILE] = render_paired_markdown(table.recipes(), paired, title)
     return write_files_atomic(Path(out_dir), texts)
 
 

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import RECORD_MAX_BYTES, inside, read_json_object, sha256_file, write_json_atomic, write_jsonl_atomic
-from sparc_eval.schema import Name, NonEmpty, StrictModel, validate
+from sparc_eval.schema import Name, NonEmpty, Seed, StrictModel, validate
 
 SCHEMA_VERSION = 2
 RECORD_SUFFIX = ".record.json"
@@ -126,7 +126,7 @@ class TaskRecordSchema(StrictModel):
 class TrainingRecordSchema(StrictModel):
     """How a sparc-eval checkpoint was trained (models.checkpoint.training_recipe): its rows over seeds hang on it."""
 
-    seed: int | None = Field(ge=0, le=2**32 - 1)
+    seed: Seed | None
     recipe: dict[str, Any]
 
 

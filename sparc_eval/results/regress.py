@@ -296,8 +296,6 @@ def recompute(runner: Any, rows: list[dict], params: Any, source: Entry) -> dict
     hand-made or foreign file whose sha256 the record matches) are one error naming that file, not a traceback."""
     try:
         return runner.aggregate(rows, params)
-    except NotImplementedError:
-        raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         raise SparcEvalError(
             f"per-sample records of {source.path} do not hold what runner {source.record.task['runner']!r} "

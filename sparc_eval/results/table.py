@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,11 @@ class ResultsTable:
         group = self.groups.get(label)
         return len(group.members) if group else 1
 
+    def recipes(self) -> dict[str, SeedGroup]:
+        """The seed groups of the records, keyed by the label a recipe's row has (with --per-seed too: paired tests
+        compare recipes whichever rows are shown); from the records already read."""
+        return self.groups or row_groups(e for entries in self.rows.values() for e in entries)
+
     @property
     def aggregated(self) -> bool:
         return any(self.seeds(label) > 1 for label in self.rows)
@@ -90,9 +95,7 @@ def build_table(results_dir: str | Path, layout: str = "default", per_seed: bool
     if layout not in LAYOUTS:
         raise SparcEvalError(f"unknown table layout {layout!r}; use {' or '.join(LAYOUTS)}")
     entries, superseded = collect(results_dir, key="run")
-    groups = {} if per_seed else group_entries(entries)
-    # A group of one keeps the checkpoint's own label (name and short sha): nothing is aggregated.
-    groups = {(g.entries[0].label if len(g.members) == 1 else label): g for label, g in groups.items()}
+    groups = {} if per_seed else row_groups(entries)
     row_of = {id(e): label for label, g in groups.items() for e in g.entries}
     long = pd.DataFrame(
         [
@@ -130,6 +133,12 @@ def build_table(results_dir: str | Path, layout: str = "default", per_seed: bool
         counts=counts.reindex(index=row_order, columns=order, fill_value=0),
         groups=groups,
     )
+
+
+def row_groups(entries: Iterable[Entry]) -> dict[str, SeedGroup]:
+    """Seed groups keyed by their row label; a group of one keeps the checkpoint's own label (name and short sha):
+    nothing is aggregated."""
+    return {(g.entries[0].label if len(g.members) == 1 else label): g for label, g in group_entries(entries).items()}
 
 
 def _columns(entries: list[Entry], layout: str) -> list[Column]:

@@ -24,7 +24,7 @@ from sparc_eval.card_files import TASK, find_card_file, is_path_ref, list_card_f
 from sparc_eval.data.synth import synthscenes_dir
 from sparc_eval.errors import SparcEvalError
 from sparc_eval.fileio import sha256_text, write_text_atomic
-from sparc_eval.schema import Name, NonEmpty, Split, StrictModel, build_dataclass, validate
+from sparc_eval.schema import Name, NonEmpty, Seed, Split, StrictModel, build_dataclass, validate
 
 BUILTIN_CARD_DIR = builtin_dir("tasks")
 # Keys left out of the card hash: they describe or group a card, they do not change its numbers.
@@ -34,7 +34,7 @@ UNHASHED_KEYS = ("tags",)
 class SynthScenesSchema(StrictModel):
     """Generator parameters of a SynthScenes tree (read through the `{synthscenes}` root placeholder)."""
 
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    seed: Seed = 0
     n_train: Annotated[int, Field(ge=1, le=10_000_000)] = 4000
     n_val: Annotated[int, Field(ge=1, le=10_000_000)] = 500
     image_size: Annotated[int, Field(ge=16, le=4096)] = 64

@@ -111,8 +111,9 @@ class TrainConfig:
         if self.text_attention not in TEXT_ATTENTION:
             raise SparcEvalError(f"--text-attention must be one of {', '.join(TEXT_ATTENTION)}, got {self.text_attention!r}")
         for name in ("weight_decay", "grad_clip"):
-            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                raise SparcEvalError(f"--{name.replace('_', '-')} must be a finite number at least 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise SparcEvalError(f"--{name.replace('_', '-')} must be a finite number at least 0, got {value}")
         for kind in self.report_to:
             if kind not in REPORTERS:
                 raise SparcEvalError(f"--report-to must be one of {', '.join(REPORTERS)}, got {kind!r}")
